@@ -1,0 +1,172 @@
+"""The one entry point: ``pixelpilot ...`` and ``python -m agents ...``.
+
+    pixelpilot train CONFIG [key.sub=value ...]     train; the last line printed is "run: <run directory>"
+    pixelpilot train --resume RUN_DIR               continue a killed run from its latest checkpoint
+    pixelpilot eval RUN_DIR --episodes N            play the latest checkpoint, print mean and spread
+    pixelpilot bench NAME [--json]                  measured figures against a named baseline
+
+Bad input (unknown key, wrong type, missing file, not a run directory, damaged checkpoint) prints one line
+naming the file and key and exits with code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from agents.config import ConfigError, load_config
+from agents.registry import agent_class
+
+EXIT_BAD_INPUT = 2
+
+BENCHES = {
+    "envs": ("envs.bench:bench_envs", "batched pixel pendulum vs Gymnasium's Pendulum-v1 + pygame + resize"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        print(f"pixelpilot: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("pixelpilot: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pixelpilot", description="Agents that learn control from pixels.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train an agent from a config")
+    train.add_argument("config", nargs="?", help="a YAML path or a recipe name in configs/")
+    train.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="play a run's latest checkpoint")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--episodes", type=int, default=10)
+    evaluate.add_argument("--seed", type=int, default=None, help="first episode seed (default: config seed + 10000)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    bench = commands.add_parser("bench", help="benchmarks against named baselines")
+    bench.add_argument("name", choices=sorted(BENCHES), help="; ".join(f"{k}: {v[1]}" for k, v in BENCHES.items()))
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from agents.common import make_env
+    from agents.run import Run, resolve_device
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise ConfigError("train --resume RUN_DIR takes no config or overrides (the run keeps its own)")
+        run = Run.open(args.resume)
+        config = run.config
+    else:
+        if not args.config:
+            raise ConfigError("train: name a config (a path or a recipe in configs/) or --resume RUN_DIR")
+        config = load_config(args.config, args.overrides)
+        make_env(config).close()  # a bad env id or kwarg fails here, before the run directory exists
+        run = None
+    seed_everything(config.seed)
+    agent = agent_class(config.agent.kind)(config, resolve_device(config.train.device))
+    if run is None:
+        run = Run.create(config)
+    else:
+        state = run.load_latest_checkpoint()
+        if state is not None:
+            agent.load_state_dict(state)
+    started = time.time()
+    try:
+        result = agent.train(run)
+    finally:
+        run.close()
+    summary = {**result, "wall_s": round(time.time() - started, 2)}
+    run.write_summary(summary)
+    print(f"mean return (last episodes): {summary['mean_return']:.2f}  env steps: {summary['env_steps']}")
+    print(f"run: {run.dir}")
+    return 0
+
+
+def load_trained_agent(run_dir: str):
+    """The agent of a run directory with its latest checkpoint loaded, and the run's config."""
+    from agents.run import RunDirError, checkpoint_paths, load_checkpoint, load_run_config
+
+    config = load_run_config(run_dir)
+    paths = checkpoint_paths(run_dir)
+    if not paths:
+        raise RunDirError(f"{run_dir}: run has no checkpoint yet")
+    agent = agent_class(config.agent.kind)(config, torch.device("cpu"))
+    agent.load_state_dict(load_checkpoint(paths[-1])["agent"])
+    return agent, config
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from agents.common import evaluate
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes: must be >= 1, got {args.episodes}")
+    agent, config = load_trained_agent(args.run_dir)
+    seed = config.seed + 10_000 if args.seed is None else args.seed
+    returns = evaluate(agent, config, args.episodes, seed)
+    result = {"episodes": args.episodes, "mean_return": float(returns.mean()), "std_return": float(returns.std()),
+              "min_return": float(returns.min()), "max_return": float(returns.max())}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"return over {args.episodes} episodes: {result['mean_return']:.2f} ± {result['std_return']:.2f} "
+              f"(min {result['min_return']:.2f}, max {result['max_return']:.2f})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    module_name, function_name = BENCHES[args.name][0].split(":")
+    result = getattr(importlib.import_module(module_name), function_name)()
+    if args.json:
+        print(json.dumps(result, default=float))
+    else:
+        print(format_figures(result))
+    return 0
+
+
+def format_figures(result: dict, indent: str = "") -> str:
+    """A bench result as indented ``key: value`` lines, the headline ratio last."""
+    lines = []
+    for key, value in result.items():
+        if key == "ratio":
+            continue
+        if isinstance(value, dict):
+            lines.append(f"{indent}{key}:")
+            lines.append(format_figures(value, indent + "  "))
+        else:
+            shown = f"{value:,.1f}" if isinstance(value, float) else value
+            lines.append(f"{indent}{key}: {shown}")
+    if "ratio" in result:
+        lines.append(f"{indent}ratio: {result['ratio']:,.1f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

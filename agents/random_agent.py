@@ -1,0 +1,115 @@
+"""The random agent: uniform actions. The bottom row of every learning curve, and the smallest complete
+example of the agent protocol (config, train loop with logging, recording and checkpoints, act, state).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.common import env_fps, make_vec_env
+from agents.config import ConfigError, RunConfig
+from agents.run import Run, generator_state, set_generator_state
+
+RECENT_EPISODES = 10  # mean_return in summary.json is over this many last episodes
+
+
+@dataclass
+class Config:
+    kind: str = "random"
+    total_steps: int = 10_000  # env steps to play (summed over all envs)
+
+    def validate(self) -> None:
+        if self.total_steps < 1:
+            raise ConfigError(f"agent.total_steps: must be >= 1, got {self.total_steps}")
+
+
+class RandomAgent:
+    Config = Config
+
+    def __init__(self, config: RunConfig, device: torch.device) -> None:
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+        self.env_steps = 0
+        self.episodes = 0
+        self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
+        self.action_space: gym.Space | None = None
+
+    def sample(self, space: gym.Space, count: int) -> np.ndarray:
+        """``count`` uniform actions from this agent's own generator (a resumed run keeps its stream)."""
+        if isinstance(space, gym.spaces.Box):
+            return self.rng.uniform(space.low, space.high, size=(count, *space.shape)).astype(space.dtype)
+        if isinstance(space, gym.spaces.Discrete):
+            return self.rng.integers(space.start, space.start + space.n, size=count, dtype=np.int64)
+        if isinstance(space, gym.spaces.MultiDiscrete):
+            return self.rng.integers(0, space.nvec, size=(count, *space.shape)).astype(space.dtype)
+        raise TypeError(f"random agent: unsupported action space {space}")
+
+    def train(self, run: Run) -> dict:
+        total = self.config.agent.total_steps
+        vec = gym.wrappers.vector.RecordEpisodeStatistics(make_vec_env(self.config))
+        self.action_space = vec.single_action_space
+        fps = env_fps(vec)
+        # A resumed run reseeds from where it stopped, so its episodes differ from the first run's.
+        obs, _ = vec.reset(seed=self.config.seed + self.env_steps)
+        frames, actions, rewards = [obs[0]], [], []
+        env0_resetting = False
+        bar = run.progress(total, initial=self.env_steps)
+        while self.env_steps < total:
+            action = self.sample(self.action_space, vec.num_envs)
+            obs, reward, terminated, truncated, info = vec.step(action)
+            self.env_steps += vec.num_envs
+            bar.update(vec.num_envs)
+            if env0_resetting:  # NEXT_STEP autoreset: this step only reset env 0
+                frames, actions, rewards = [obs[0]], [], []
+            else:
+                frames.append(obs[0])
+                actions.append(action[0])
+                rewards.append(reward[0])
+            env0_resetting = bool(terminated[0] or truncated[0])
+            if "episode" in info:
+                for index in np.flatnonzero(info["_episode"]):
+                    self.episodes += 1
+                    self.recent_returns.append(float(info["episode"]["r"][index]))
+                    if index == 0:
+                        run.record_episode({"frames": np.stack(frames), "actions": np.stack(actions),
+                                            "rewards": np.asarray(rewards, np.float32),
+                                            "episode": self.episodes, "fps": fps})
+                bar.set_postfix(episodes=self.episodes, ret=f"{self.mean_return():.1f}", refresh=False)
+            if self.env_steps % self.config.train.log_every < vec.num_envs:
+                run.log(self.env_steps, {"rollout/ep_return": self.mean_return(),
+                                         "rollout/episodes": self.episodes,
+                                         "time/fps": run.steps_per_second(self.env_steps)})
+            if run.checkpoint_due(self.env_steps):
+                run.save_checkpoint(self.state_dict(), self.env_steps)
+        bar.close()
+        vec.close()
+        run.save_checkpoint(self.state_dict(), self.env_steps)
+        return {"env_steps": self.env_steps, "episodes": self.episodes, "mean_return": self.mean_return()}
+
+    def mean_return(self) -> float:
+        return float(np.mean(self.recent_returns)) if self.recent_returns else float("nan")
+
+    def reset(self) -> None:
+        """Nothing to forget between episodes."""
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        if self.action_space is None:
+            from agents.common import make_env
+
+            self.action_space = make_env(self.config).action_space
+        return self.sample(self.action_space, 1)[0]
+
+    def state_dict(self) -> dict:
+        return {"env_steps": self.env_steps, "episodes": self.episodes,
+                "recent_returns": list(self.recent_returns), "rng": generator_state(self.rng)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.env_steps = int(state["env_steps"])
+        self.episodes = int(state["episodes"])
+        self.recent_returns = deque(state["recent_returns"], maxlen=RECENT_EPISODES)
+        set_generator_state(self.rng, state["rng"])
