@@ -159,9 +159,7 @@ class ConvDecoder(nn.Module):
                 target - ((size - 1) * stride - 2 * padding + kernel_size)
                 for target, size in ((height, in_height), (width, in_width))
             )
-            layers.append(
-                nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding, output_padding)
-            )
+            layers.append(nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding, output_padding))
             if index < len(channels) - 1:
                 layers.append(make_activation(activation))
         self.deconvs = nn.Sequential(*layers)

@@ -67,9 +67,7 @@ class MLP(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        assert inputs.shape[-1] == self.in_dim, (
-            f"MLP expects (..., {self.in_dim}) inputs, got {tuple(inputs.shape)}"
-        )
+        assert inputs.shape[-1] == self.in_dim, f"MLP expects (..., {self.in_dim}) inputs, got {tuple(inputs.shape)}"
         return self.layers(inputs)
 
 
@@ -100,8 +98,7 @@ class MLPEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         assert images.shape[1:] == self.in_shape, (
-            f"MLPEncoder expects (batch, {', '.join(map(str, self.in_shape))}) images, "
-            f"got {tuple(images.shape)}"
+            f"MLPEncoder expects (batch, {', '.join(map(str, self.in_shape))}) images, got {tuple(images.shape)}"
         )
         return self.mlp(images.flatten(start_dim=1))
 

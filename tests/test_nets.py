@@ -3,11 +3,23 @@ auto-encoders that learn, RNN resets, and the Stable-Baselines3 feature extracto
 
 from __future__ import annotations
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 
+import nets
+from nets.autoencoders import (
+    AutoEncoder,
+    DenoisingAutoEncoder,
+    StackedAutoEncoder,
+    VariationalAutoEncoder,
+    VariationalLoss,
+)
 from nets.conv import ConvDecoder, ConvEncoder, MinAtarEncoder, NatureEncoder, to_float
 from nets.mlp import MLP, MLPDecoder, MLPEncoder
+from nets.rnn import RNNCore
 
 torch.set_num_threads(1)
 
@@ -103,3 +115,334 @@ def test_mlp_autoencoder_halves_round_trip_image_shape(shape: tuple[int, int, in
     latent = encoder(torch.rand(3, *shape))
     assert latent.shape == (3, encoder.features_dim)
     assert decoder(latent).shape == (3, *shape)
+
+
+# ---------------------------------------------------------------- auto-encoders
+
+BLOB_SHAPE = (1, 16, 16)
+
+
+def moving_blobs(count: int = 256, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """`(count, 1, size, size)` float images of one Gaussian blob each, at random positions."""
+    generator = torch.Generator().manual_seed(seed)
+    centers = torch.rand(count, 2, generator=generator) * (size - 6) + 3
+    coordinates = torch.arange(size, dtype=torch.float32)
+    row_offset = coordinates.view(1, size, 1) - centers[:, 0].view(count, 1, 1)
+    column_offset = coordinates.view(1, 1, size) - centers[:, 1].view(count, 1, 1)
+    return torch.exp(-(row_offset**2 + column_offset**2) / (2 * 2.0**2)).unsqueeze(1)
+
+
+def reconstruction_error(model: nets.AutoEncoderBase, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return (model.reconstruct(inputs) - targets).pow(2).mean().item()
+
+
+@pytest.fixture(scope="module")
+def blobs() -> torch.Tensor:
+    return moving_blobs()
+
+
+@pytest.mark.parametrize("halves", ["conv", "mlp"])
+def test_autoencoder_learns_to_reconstruct_blobs(blobs: torch.Tensor, halves: str) -> None:
+    torch.manual_seed(0)
+    if halves == "conv":
+        encoder = ConvEncoder(BLOB_SHAPE, channels=(16, 32), latent_dim=4)
+        decoder = ConvDecoder(BLOB_SHAPE, latent_dim=4, channels=(32, 16))
+    else:
+        encoder = MLPEncoder(BLOB_SHAPE, latent_dim=4, hidden=(64,))
+        decoder = MLPDecoder(BLOB_SHAPE, latent_dim=4, hidden=(64,))
+    model = AutoEncoder(encoder, decoder)
+    before = reconstruction_error(model, blobs, blobs)
+    history = model.fit(blobs, epochs=15, batch_size=32, lr=3e-3)
+    assert len(history) == 15
+    assert history[-1] < 0.5 * history[0]
+    assert reconstruction_error(model, blobs, blobs) < 0.1 * before
+
+
+def test_autoencoder_fits_uint8_images_like_floats(blobs: torch.Tensor) -> None:
+    observations = (blobs * 255).round().to(torch.uint8)
+    histories = []
+    for images in (observations, to_float(observations)):
+        torch.manual_seed(0)
+        model = AutoEncoder(MLPEncoder(BLOB_SHAPE, 4, hidden=(16,)), MLPDecoder(BLOB_SHAPE, 4, hidden=(16,)))
+        histories.append(model.fit(images, epochs=2, batch_size=64))
+    assert histories[0] == pytest.approx(histories[1])
+
+
+def test_autoencoder_rejects_mismatched_latent_sizes() -> None:
+    with pytest.raises(ValueError, match="encoder outputs 8 features but the decoder takes latent_dim=4"):
+        AutoEncoder(MLPEncoder(BLOB_SHAPE, 8), MLPDecoder(BLOB_SHAPE, 4))
+
+
+def test_denoising_autoencoder_recovers_clean_images_from_corrupted(blobs: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = DenoisingAutoEncoder(
+        MLPEncoder(BLOB_SHAPE, 4, hidden=(64,)), MLPDecoder(BLOB_SHAPE, 4, hidden=(64,)), noise_std=0.2, mask_rate=0.2
+    )
+    corrupted = model.corrupt(blobs)
+    assert corrupted.min() >= 0 and corrupted.max() <= 1
+    assert (corrupted == 0).float().mean() > 0.2, "masking zeroes about a fifth of the pixels"
+    before = reconstruction_error(model, corrupted, blobs)
+    model.fit(blobs, epochs=30, batch_size=32, lr=3e-3)
+    after = reconstruction_error(model, corrupted, blobs)
+    assert after < 0.1 * before
+    assert after < (corrupted - blobs).pow(2).mean().item(), "the reconstruction is cleaner than its input"
+
+
+def test_denoising_autoencoder_rejects_invalid_rates() -> None:
+    with pytest.raises(ValueError, match="mask_rate=1.5"):
+        DenoisingAutoEncoder(MLPEncoder(BLOB_SHAPE, 4), MLPDecoder(BLOB_SHAPE, 4), mask_rate=1.5)
+
+
+def test_stacked_autoencoder_pretrains_each_layer_then_finetuning_lowers_loss(blobs: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = StackedAutoEncoder(BLOB_SHAPE, hidden=(64, 16, 4))
+    assert model.encode(blobs[:3]).shape == (3, 4)
+    untrained = reconstruction_error(model, blobs, blobs)
+    layer_histories = model.pretrain_layerwise(blobs, epochs_per_layer=15, batch_size=32, lr=3e-3)
+    assert len(layer_histories) == 3
+    for layer, history in enumerate(layer_histories):
+        assert history[-1] < 0.5 * history[0], f"layer {layer} did not learn to reconstruct its inputs"
+    pretrained = reconstruction_error(model, blobs, blobs)
+    assert pretrained < 0.2 * untrained
+    model.eval()
+    with torch.no_grad():
+        pretrained_loss = model.loss(blobs).total.item()
+    history = model.finetune(blobs, epochs=15, batch_size=32, lr=1e-3)
+    assert history[-1] < pretrained_loss
+    assert reconstruction_error(model, blobs, blobs) < 0.5 * pretrained
+
+
+def test_stacked_autoencoder_layer_loss_trains_only_its_own_layer() -> None:
+    torch.manual_seed(0)
+    model = StackedAutoEncoder(BLOB_SHAPE, hidden=(8, 4))
+    model.layer_loss(1, torch.rand(5, 8)).backward()
+    with_gradient = {name for name, parameter in model.named_parameters() if parameter.grad is not None}
+    assert with_gradient == {"encoders.1.weight", "encoders.1.bias", "decoders.1.weight", "decoders.1.bias"}
+
+
+def test_variational_autoencoder_kl_is_non_negative_and_elbo_improves(blobs: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = VariationalAutoEncoder(MLPEncoder(BLOB_SHAPE, 16, hidden=(64,)), MLPDecoder(BLOB_SHAPE, 4, hidden=(64,)))
+
+    def negative_elbo() -> VariationalLoss:
+        model.eval()
+        with torch.no_grad():
+            return model.loss(blobs)
+
+    before = negative_elbo()
+    history = model.fit(blobs, epochs=30, batch_size=32, lr=3e-3)
+    after = negative_elbo()
+    assert before.kl >= 0 and after.kl >= 0
+    torch.testing.assert_close(after.total, after.reconstruction + after.kl)
+    assert after.total < 0.5 * before.total
+    assert history[-1] < 0.5 * history[0]
+    assert model.encode(blobs[:3]).shape == (3, 4)
+
+
+def test_variational_autoencoder_kl_is_zero_at_the_prior() -> None:
+    model = VariationalAutoEncoder(MLPEncoder(BLOB_SHAPE, 8), MLPDecoder(BLOB_SHAPE, 3), beta=4.0, min_std=0.0)
+    torch.nn.init.zeros_(model.posterior_head.weight)
+    with torch.no_grad():
+        # softplus(log(e - 1)) = 1: mean 0, std 1 is the standard normal prior itself.
+        model.posterior_head.bias.copy_(torch.tensor([0.0] * 3 + [float(np.log(np.e - 1))] * 3))
+        loss = model.loss(torch.rand(4, *BLOB_SHAPE))
+    torch.testing.assert_close(loss.kl, torch.tensor(0.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(loss.total, loss.reconstruction)
+
+
+# ---------------------------------------------------------------- recurrent core
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_rnn_output_after_reset_equals_fresh_sequence(cell: str) -> None:
+    torch.manual_seed(0)
+    core = RNNCore(input_dim=3, hidden_dim=5, cell=cell, num_layers=2)
+    inputs = torch.randn(4, 7, 3)
+    resets = torch.zeros(4, 7, dtype=torch.bool)
+    resets[1, 3] = True
+    resets[2, 0] = True
+    zero_state = core.initial_state(4)
+    state = tuple(torch.randn_like(part) for part in zero_state) if cell == "lstm" else torch.randn_like(zero_state)
+    outputs, _ = core(inputs, state, resets)
+    assert outputs.shape == (4, 7, 5)
+    fresh_tail, _ = core(inputs[1:2, 3:])
+    torch.testing.assert_close(outputs[1, 3:], fresh_tail[0])
+    fresh_whole, _ = core(inputs[2:3])
+    torch.testing.assert_close(outputs[2], fresh_whole[0])
+    unreset, _ = core(inputs, state)
+    torch.testing.assert_close(outputs[[0, 3]], unreset[[0, 3]], msg="sequences without resets are untouched")
+    assert not torch.allclose(outputs[1, :3], fresh_tail[0, :3]), "the carried state matters before the reset"
+
+
+def test_rnn_final_state_continues_the_sequence() -> None:
+    torch.manual_seed(0)
+    core = RNNCore(input_dim=2, hidden_dim=4)
+    inputs = torch.randn(3, 6, 2)
+    whole, whole_state = core(inputs)
+    first, state = core(inputs[:, :2], core.initial_state(3), torch.zeros(3, 2, dtype=torch.bool))
+    second, final_state = core(inputs[:, 2:], state)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole)
+    torch.testing.assert_close(final_state, whole_state)
+
+
+def test_rnn_rejects_unknown_cell_and_bad_resets() -> None:
+    with pytest.raises(ValueError, match="unknown cell 'rnn'"):
+        RNNCore(2, 4, cell="rnn")
+    with pytest.raises(AssertionError, match=r"resets \(3, 6\) bool"):
+        RNNCore(2, 4)(torch.randn(3, 6, 2), resets=torch.zeros(3, 6))
+
+
+# ---------------------------------------------------------------- build
+
+
+BUILD_CONFIGS = {
+    "conv_encoder": {"kind": "conv_encoder", "in_shape": [3, 40, 40], "channels": [8, 16], "latent_dim": 8},
+    "conv_decoder": {"kind": "conv_decoder", "out_shape": [3, 40, 40], "latent_dim": 8, "channels": [16, 8]},
+    "nature_encoder": {"kind": "nature_encoder", "in_shape": [4, 84, 84]},
+    "minatar_encoder": {"kind": "minatar_encoder", "in_shape": [6, 10, 10], "features_dim": 64},
+    "mlp": {"kind": "mlp", "in_dim": 5, "out_dim": 2, "hidden": [8], "layer_norm": True},
+    "mlp_encoder": {"kind": "mlp_encoder", "in_shape": [1, 10, 10], "latent_dim": 3},
+    "mlp_decoder": {"kind": "mlp_decoder", "out_shape": [1, 10, 10], "latent_dim": 3},
+    "rnn": {"kind": "rnn", "input_dim": 3, "hidden_dim": 4, "cell": "lstm"},
+    "autoencoder": {
+        "kind": "autoencoder",
+        "encoder": {"kind": "conv_encoder", "in_shape": [1, 10, 10], "channels": [4], "latent_dim": 3},
+        "decoder": {"kind": "conv_decoder", "out_shape": [1, 10, 10], "channels": [4], "latent_dim": 3},
+    },
+    "denoising_autoencoder": {
+        "kind": "denoising_autoencoder",
+        "encoder": {"kind": "mlp_encoder", "in_shape": [1, 10, 10], "latent_dim": 3},
+        "decoder": {"kind": "mlp_decoder", "out_shape": [1, 10, 10], "latent_dim": 3},
+        "mask_rate": 0.3,
+    },
+    "stacked_autoencoder": {"kind": "stacked_autoencoder", "in_shape": [1, 10, 10], "hidden": [16, 3]},
+    "variational_autoencoder": {
+        "kind": "variational_autoencoder",
+        "encoder": {"kind": "mlp_encoder", "in_shape": [1, 10, 10], "latent_dim": 8},
+        "decoder": {"kind": "mlp_decoder", "out_shape": [1, 10, 10], "latent_dim": 3},
+        "beta": 2.0,
+    },
+}
+
+
+def test_build_configs_cover_every_kind() -> None:
+    assert set(BUILD_CONFIGS) == set(nets.KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(BUILD_CONFIGS))
+def test_build_makes_each_kind_from_its_config(kind: str) -> None:
+    config = BUILD_CONFIGS[kind]
+    module = nets.build(config)
+    assert isinstance(module, nets.KINDS[kind])
+    if "in_shape" in config or "encoder" in config:
+        in_shape = config.get("in_shape") or config["encoder"]["in_shape"]
+        output = module(torch.rand(2, *in_shape))
+        expected = (2, *in_shape) if "encoder" in config or kind == "stacked_autoencoder" else (2, module.features_dim)
+        assert output.shape == expected
+    elif kind == "conv_decoder" or kind == "mlp_decoder":
+        assert module(torch.rand(2, config["latent_dim"])).shape == (2, *config["out_shape"])
+    elif kind == "mlp":
+        assert module(torch.rand(2, 5)).shape == (2, 2)
+    else:
+        outputs, (hidden, cell) = module(torch.rand(2, 6, 3))
+        assert outputs.shape == (2, 6, 4) and hidden.shape == cell.shape == (1, 2, 4)
+    assert nets.build(config) is not module, "build returns a new module each call"
+
+
+def test_build_rejects_unknown_kind_and_keys_with_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="unknown network kind 'resnet'; choose one of"):
+        nets.build({"kind": "resnet"})
+    with pytest.raises(ValueError, match=r"'mlp' does not take \['hiden'\]; it takes .*'hidden'"):
+        nets.build({"kind": "mlp", "in_dim": 2, "out_dim": 2, "hiden": [4]})
+    with pytest.raises(ValueError, match="needs a 'kind' key"):
+        nets.build({"in_dim": 2})
+
+
+def test_build_does_not_modify_the_config() -> None:
+    config = BUILD_CONFIGS["autoencoder"]
+    snapshot = repr(config)
+    nets.build(config)
+    assert repr(config) == snapshot
+
+
+# ---------------------------------------------------------------- Stable-Baselines3
+
+
+class TinyPixelEnv(gym.Env):
+    """A bright dot on a dark uint8 image `(channels, size, size)`; reward for choosing its side."""
+
+    def __init__(self, channels: int = 1, size: int = 16) -> None:
+        self.observation_space = spaces.Box(0, 255, (channels, size, size), dtype=np.uint8)
+        self.action_space = spaces.Discrete(2)
+        self.size = size
+        self.steps = 0
+
+    def _observation(self) -> np.ndarray:
+        image = np.zeros(self.observation_space.shape, dtype=np.uint8)
+        image[:, self.size // 2, self.column] = 255
+        return image
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.column = int(self.np_random.integers(self.size))
+        self.steps = 0
+        return self._observation(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        reward = float(int(action) == int(self.column >= self.size // 2))
+        self.column = int(self.np_random.integers(self.size))
+        self.steps += 1
+        return self._observation(), reward, False, self.steps >= 20, {}
+
+
+@pytest.mark.parametrize(
+    ("env_kwargs", "extractor_kwargs"),
+    [
+        ({"channels": 1, "size": 16}, {"kind": "conv_encoder", "channels": [8, 16], "latent_dim": 32}),
+        ({"channels": 4, "size": 10}, {"kind": "minatar_encoder", "features_dim": 32}),
+    ],
+    ids=["conv_encoder", "minatar_encoder"],
+)
+def test_sb3_ppo_runs_with_pixel_encoder_extractor(env_kwargs: dict, extractor_kwargs: dict) -> None:
+    from stable_baselines3 import PPO
+
+    from nets.sb3 import PixelEncoderExtractor
+
+    env = TinyPixelEnv(**env_kwargs)
+    model = PPO(
+        "CnnPolicy",
+        env,
+        n_steps=64,
+        batch_size=32,
+        n_epochs=2,
+        seed=0,
+        device="cpu",
+        policy_kwargs={
+            "features_extractor_class": PixelEncoderExtractor,
+            "features_extractor_kwargs": extractor_kwargs,
+        },
+    )
+    extractor = model.policy.features_extractor
+    assert isinstance(extractor, PixelEncoderExtractor)
+    assert extractor.features_dim == extractor.encoder.features_dim
+    model.learn(total_timesteps=256)
+    assert model.num_timesteps >= 256
+
+    # SB3 scales uint8 images to [0, 1] once; the extractor must see exactly that, not a second division.
+    observation, _ = env.reset(seed=1)
+    observation_tensor, _ = model.policy.obs_to_tensor(observation)
+    with torch.no_grad():
+        features = model.policy.extract_features(observation_tensor, extractor)
+        expected = extractor.encoder(to_float(torch.as_tensor(observation)).unsqueeze(0))
+    torch.testing.assert_close(features, expected)
+
+
+def test_sb3_extractor_rejects_non_image_spaces_and_decoders() -> None:
+    from nets.sb3 import PixelEncoderExtractor
+
+    with pytest.raises(ValueError, match="channel-first image Box"):
+        PixelEncoderExtractor(spaces.Box(0, 1, (4,)))
+    with pytest.raises(ValueError, match="unknown encoder kind 'conv_decoder'"):
+        PixelEncoderExtractor(spaces.Box(0, 255, (1, 16, 16), dtype=np.uint8), kind="conv_decoder")
