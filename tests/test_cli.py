@@ -1,0 +1,120 @@
+"""The pixelpilot command as a user drives it: train, resume after kill -9, eval, bad input -> exit 2."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents.cli import main
+from agents.run import checkpoint_paths
+
+
+def pixelpilot(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agents", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+
+
+def train(tmp_path: Path, *overrides: str, capsys) -> Path:
+    code = main(["train", "random_pendulum", f"train.runs_dir={tmp_path}", *overrides])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    assert out[-1].startswith("run: ")
+    return Path(out[-1][len("run: "):])
+
+
+def test_train_writes_a_complete_run_directory(tmp_path, capsys):
+    run_dir = train(tmp_path, "agent.total_steps=1600", "train.log_every=400", "train.checkpoint_every=800",
+                    "train.record_every=2", capsys=capsys)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps"] == 1600
+    assert summary["episodes"] == 8  # 8 envs x 200 steps: 100-step episodes, then one autoreset step
+    assert -1700 < summary["mean_return"] < -300  # random torques keep the pendulum hanging
+    assert summary["wall_s"] > 0
+    metrics = (run_dir / "metrics.csv").read_text().splitlines()
+    assert metrics[0].startswith("step,wall_s,rollout/ep_return")
+    assert [line.split(",")[0] for line in metrics[1:]] == ["400", "800", "1200", "1600"]
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    payload = torch.load(checkpoint_paths(run_dir)[-1], weights_only=True)
+    assert payload["step"] == 1600 and payload["agent"]["env_steps"] == 1600
+    episodes = sorted((run_dir / "episodes").glob("ep_*.npz"))
+    assert episodes
+    with np.load(episodes[0]) as episode:
+        assert episode["frames"].shape == (101, 1, 40, 40) and episode["frames"].dtype == np.uint8
+        assert episode["actions"].shape == (100, 1)
+        assert float(episode["return_"]) == pytest.approx(float(episode["rewards"].sum()), rel=1e-5)
+        assert float(episode["fps"]) == 20.0
+
+
+def test_resume_after_kill_9_finishes_with_the_unbroken_step_count(tmp_path):
+    total = 60_000
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agents", "train", "random_pendulum", f"train.runs_dir={tmp_path}",
+         f"agent.total_steps={total}", "train.checkpoint_every=4000", "train.log_every=4000"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob("random_pendulum/*/checkpoints/step_*.pt")):
+        time.sleep(0.05)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run_dir = next(tmp_path.glob("random_pendulum/*"))
+    saved = torch.load(checkpoint_paths(run_dir)[-1], weights_only=True)["step"]
+    assert 0 < saved < total, "the run must be killed part-way for this test to mean anything"
+    assert not (run_dir / "summary.json").exists()
+
+    resumed = pixelpilot("train", "--resume", str(run_dir), "agent.total_steps=99", cwd=tmp_path)
+    assert resumed.returncode == 2  # a resumed run keeps its own config
+    resumed = pixelpilot("train", "--resume", str(run_dir), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip().splitlines()[-1] == f"run: {run_dir}"
+    assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == total
+    steps = [int(line.split(",")[0]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps)), "no metrics row may be duplicated by the resume"
+    assert steps[-1] == total
+
+
+def test_eval_prints_mean_and_spread_of_the_latest_checkpoint(tmp_path, capsys):
+    run_dir = train(tmp_path, "agent.total_steps=800", capsys=capsys)
+    assert main(["eval", str(run_dir), "--episodes", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["episodes"] == 3
+    assert result["min_return"] <= result["mean_return"] <= result["max_return"] < 0
+    assert result["std_return"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "random_pendulum", "agent.totl_steps=5"], "agent.totl_steps: unknown key"),
+        (["train", "random_pendulum", "seed=x"], "seed: expected an integer"),
+        (["train", "no_such.yaml"], "no_such.yaml: no such config file"),
+        (["train", "random_pendulum", "env.id=pixelpilot/Nope-v0"], "env.id:"),
+        (["train", "random_pendulum", "env.kwargs.colour=1"], "env.kwargs:"),
+        (["eval", "not_a_run"], "not_a_run: no such run directory"),
+        (["train", "--resume", "."], "not a run directory (no config.yaml)"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expected):
+    if args[:2] != ["train", "--resume"] and args[0] == "train":
+        args = [*args, f"train.runs_dir={tmp_path / 'runs'}"]
+    result = pixelpilot(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_damaged_checkpoint_is_reported_not_traced(tmp_path, capsys):
+    run_dir = train(tmp_path, "agent.total_steps=400", capsys=capsys)
+    checkpoint_paths(run_dir)[-1].write_bytes(b"garbage")
+    result = pixelpilot("eval", str(run_dir), "--episodes", "1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "checkpoint cannot be read" in result.stderr and "Traceback" not in result.stderr
