@@ -66,6 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=sorted(BENCHES), help="; ".join(f"{k}: {v[1]}" for k, v in BENCHES.items()))
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=cmd_bench)
+
+    watch = commands.add_parser("watch", help="replay a run's episodes in a window, play it live, or export video")
+    watch.add_argument("run_dir")
+    watch.add_argument("--live", action="store_true", help="play new episodes with the latest checkpoint")
+    watch.add_argument("--export", metavar="FILE", help="write FILE.mp4 or FILE.gif instead of opening a window")
+    watch.add_argument("--episodes", type=int, default=None,
+                       help="recorded: only the last N (default all); --live --export: episodes to play (default 1)")
+    watch.add_argument("-k", type=int, default=1, help="model-based runs: k-step prediction shown first ([ ] keys)")
+    watch.set_defaults(handler=cmd_watch)
+
+    plot = commands.add_parser("plot", help="learning curves of runs as a PNG (seeds of a config: mean and spread)")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or folders of them")
+    plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png for one run, else learning_curves.png)")
+    plot.add_argument("--key", help="metrics.csv column (default: rollout/ep_return, else trial/return)")
+    plot.set_defaults(handler=cmd_plot)
     return parser
 
 
@@ -148,6 +163,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(result, default=float))
     else:
         print(format_figures(result))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from agents.watch import watch
+
+    written = watch(args.run_dir, live=args.live, export_path=args.export, episodes=args.episodes, k=args.k)
+    if written is not None:
+        print(f"wrote: {written}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from agents.plot import plot_runs
+
+    print(f"wrote: {plot_runs(args.run_dirs, out=args.out, key=args.key)}")
     return 0
 
 

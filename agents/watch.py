@@ -1,0 +1,143 @@
+"""``pixelpilot watch RUN_DIR``: a run's recorded episodes, or its latest checkpoint playing live, in the viewer.
+
+    pixelpilot watch runs/random_pendulum/20250101-120000-seed0                  replay episodes/*.npz
+    pixelpilot watch RUN_DIR --live                                              play the latest checkpoint
+    pixelpilot watch RUN_DIR --export episodes.mp4                               no window: a video file
+    pixelpilot watch RUN_DIR --live --export live.gif --episodes 2               two new episodes as a GIF
+
+The drawing itself lives in :mod:`envs.viewer`; this module turns a run directory into its episodes
+(or into a live iterator over an env played by the trained agent) and bad input into one-line errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+from agents.common import env_fps, make_env
+from agents.config import ConfigError
+from agents.run import RunDirError, load_episode, load_run_config
+from envs.viewer import EXPORT_FORMATS, Episode, NoDisplayError, Viewer, export
+
+LIVE_SEED_OFFSET = 10_000  # live episodes are seeded like `pixelpilot eval`: config seed + 10000 + index
+NO_DISPLAY_HINT = "no display: set DISPLAY (run where a screen is, or ssh -X), or use --export FILE.mp4"
+
+
+def recorded_episodes(run_dir: Path, last: int | None = None) -> list[Episode]:
+    """The run's recorded episodes, oldest first, then the best one unless it is among them.
+
+    Raises:
+        RunDirError: not a run directory, no episodes recorded, or a file that cannot be read.
+    """
+    load_run_config(run_dir)
+    paths = sorted((run_dir / "episodes").glob("ep_*.npz"))
+    if last is not None:
+        paths = paths[-last:]
+    loaded = [(load_episode(path), "") for path in paths]
+    best_path = run_dir / "episodes" / "best.npz"
+    if best_path.exists():
+        best = load_episode(best_path)
+        if int(best.get("episode", -1)) not in {int(data.get("episode", -1)) for data, _ in loaded}:
+            loaded.append((best, " (best)"))
+    if not loaded:
+        raise RunDirError(f"{run_dir}: no recorded episodes yet (episodes/ is empty); "
+                          "wait for training to record one, or use --live")
+    return [Episode.from_dict(data, suffix=suffix) for data, suffix in loaded]
+
+
+def live_episodes(agent: Any, env: gym.Env, seed: int) -> Iterator[Episode]:
+    """Play episodes with ``agent.act`` forever; yield the episode being played each time it gains a frame.
+
+    ``frames[t]`` is shown with the action chosen from it, so the action is appended before the yield
+    and the env is stepped after it (the newest frame of a finished episode has no action).
+    """
+    fps = env_fps(env)
+    env_id = env.spec.id if env.spec is not None else ""
+    for index in itertools.count():
+        obs, _ = env.reset(seed=seed + index)
+        agent.reset()
+        episode = Episode(frames=[obs], label=f"Episode: {index + 1}", fps=fps, env_id=env_id)
+        done = False
+        while not done:
+            action = agent.act(obs)
+            episode.actions.append(action)
+            yield episode
+            obs, reward, terminated, truncated, _ = env.step(action)
+            episode.frames.append(obs)
+            episode.rewards.append(float(reward))
+            done = terminated or truncated
+        yield episode
+
+
+def play_episodes(live: Iterator[Episode], count: int) -> list[Episode]:
+    """The first ``count`` whole episodes of a live iterator."""
+    episodes: list[Episode] = []
+    for episode in live:
+        if not episodes or episode is not episodes[-1]:
+            if len(episodes) == count:
+                break
+            episodes.append(episode)
+    return episodes
+
+
+def watch(
+    run_dir: str | Path,
+    live: bool = False,
+    export_path: str | Path | None = None,
+    episodes: int | None = None,
+    k: int = 1,
+) -> Path | None:
+    """Show a run in a window, or write it to ``export_path``; returns the written file, if any.
+
+    Args:
+        run_dir: a run directory (``runs/<name>/<stamp>``).
+        live: play new episodes with the latest checkpoint instead of replaying recorded ones.
+        export_path: ``.mp4`` or ``.gif``: write the picture there instead of opening a window.
+        episodes: recorded: only the last N; live with export: how many episodes to play (default 1).
+        k: the open-loop prediction horizon shown first for model-based runs.
+
+    Raises:
+        ConfigError (RunDirError): bad input or no display, as one line for the CLI.
+    """
+    run_dir = Path(run_dir)
+    target = Path(export_path) if export_path is not None else None
+    if target is not None and target.suffix.lower() not in EXPORT_FORMATS:
+        raise ConfigError(f"--export {target}: unknown video format {target.suffix or '(none)'!r}; "
+                          f"use one of {', '.join(EXPORT_FORMATS)}")
+    if episodes is not None and episodes < 1:
+        raise ConfigError(f"--episodes: must be >= 1, got {episodes}")
+    if k < 1:
+        raise ConfigError(f"-k: must be >= 1, got {k}")
+    if not live:
+        shown = recorded_episodes(run_dir, episodes)
+        if target is not None:
+            export(shown, target, k=k)
+            return target
+        show(Viewer(shown, k=k, screenshot_dir=run_dir / "screenshots"), run_dir)
+        return None
+    from agents.cli import load_trained_agent
+
+    agent, config = load_trained_agent(str(run_dir))
+    env = make_env(config)
+    try:
+        stream = live_episodes(agent, env, config.seed + LIVE_SEED_OFFSET)
+        if target is not None:
+            export(play_episodes(stream, episodes or 1), target, k=k, action_space=env.action_space)
+            return target
+        show(Viewer([], live=stream, k=k, action_space=env.action_space, screenshot_dir=run_dir / "screenshots"),
+             run_dir)
+        return None
+    finally:
+        env.close()
+
+
+def show(viewer: Viewer, run_dir: Path) -> None:
+    """Open the viewer's window; no display is a one-line ConfigError saying how to fix it."""
+    try:
+        viewer.run(title=f"pixelpilot watch {run_dir}")
+    except NoDisplayError:
+        raise ConfigError(NO_DISPLAY_HINT) from None
