@@ -327,9 +327,19 @@ class Viewer:
         scale = max(1, panel_height // frame_height)
         count = self.panel_count()
         panels_width = count * frame_width * scale + (count + 1) * MARGIN
-        width = max(panels_width, self.hud_font.size(self.hud_text())[0] + 4 * MARGIN)
+        width = max(panels_width, self.widest_hud() + 2 * MARGIN)
         height = self._chrome_height() + frame_height * scale
         return -(-width // 16) * 16, -(-height // 16) * 16
+
+    def widest_hud(self) -> int:
+        """Pixel width of the longest HUD line: the last action frame of each episode has the most digits."""
+        current = self.episode_index, self.frame_index
+        widths = []
+        for index, episode in enumerate(self.episodes):
+            self.episode_index, self.frame_index = index, max(len(episode.frames) - 2, 0)
+            widths.append(self.hud_font.size(self.hud_text() + "0")[0])
+        self.episode_index, self.frame_index = current
+        return max(widths)
 
     def draw(self, surface: pygame.Surface) -> None:
         """Draw the current frame, HUD, action bar and legend onto ``surface`` (any size)."""
@@ -422,11 +432,12 @@ class Viewer:
         if driver in ("offscreen", "dummy") and os.environ.get("SDL_VIDEODRIVER") != driver:
             pygame.display.quit()
             raise NoDisplayError(f"no display (SDL found only its {driver} driver)")
-        window = pygame.display.set_mode(self.size, pygame.RESIZABLE)
-        pygame.display.set_caption(title)
-        clock = pygame.time.Clock()
         owed = 0.0  # frames due at the current speed but not shown yet
         try:
+            window = pygame.display.set_mode(self.size, pygame.RESIZABLE)
+            pygame.display.set_caption(title)
+            pygame.key.set_repeat(300, 50)  # holding an arrow key scrubs through frames
+            clock = pygame.time.Clock()
             while self.running:
                 for event in pygame.event.get():
                     if event.type == pygame.QUIT:
@@ -435,8 +446,10 @@ class Viewer:
                         self.handle_key(event.key)
                 seconds = clock.tick(60) / 1000
                 if not self.paused:
-                    # Cap the backlog so a slow agent or a dragged window does not fast-forward afterwards.
-                    owed = min(owed + seconds * self.episode.fps * self.speed, 2.0)
+                    rate = self.episode.fps * self.speed
+                    # Cap the backlog (a quarter second) so a slow agent or a dragged window does not
+                    # fast-forward afterwards.
+                    owed = min(owed + seconds * rate, max(2.0, rate / 4))
                     while owed >= 1.0 and self.running:
                         owed -= 1.0
                         self.advance(1)

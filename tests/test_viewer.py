@@ -4,6 +4,7 @@ import os
 
 os.environ["SDL_VIDEODRIVER"] = "dummy"  # before pygame opens a display
 
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import imageio.v3 as iio  # noqa: E402
@@ -13,8 +14,9 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from agents.cli import main  # noqa: E402
+from agents.common import make_env  # noqa: E402
 from agents.config import config_to_dict, load_config  # noqa: E402
-from agents.watch import recorded_episodes, watch  # noqa: E402
+from agents.watch import live_episodes, recorded_episodes, watch  # noqa: E402
 from envs.viewer import (  # noqa: E402
     BACKGROUND,
     BAR_NEGATIVE,
@@ -185,6 +187,17 @@ def test_window_loop_handles_posted_keys_and_resizing(tmp_path):
     assert viewer.episode_index == 1 and viewer.paused and not viewer.running
 
 
+def test_window_plays_at_the_episode_frame_rate(tmp_path):
+    viewer = viewer_for(make_run(tmp_path))
+    pygame.display.init()
+    pygame.time.set_timer(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_q), 600, loops=1)
+    started = time.perf_counter()
+    viewer.run()
+    elapsed = time.perf_counter() - started
+    shown = viewer.episode_index * (STEPS + 1) + viewer.frame_index
+    assert abs(shown - 20 * elapsed) <= 3  # the fake episodes say fps = 20
+
+
 def test_frame_to_rgb_shows_gray_rgb_newest_stacked_frame_and_minatar_objects():
     gray = np.full((1, 2, 2), 9, np.uint8)
     assert np.array_equal(frame_to_rgb(gray), np.full((2, 2, 3), 9, np.uint8))
@@ -209,6 +222,38 @@ def test_export_writes_every_frame_with_the_hud(tmp_path):
     mp4 = watch(run_dir, export_path=tmp_path / "episodes.mp4", episodes=1)
     assert iio.imread(mp4).shape[0] == STEPS + 1
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+class ConstantAgent:
+    def __init__(self) -> None:
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        assert obs.shape == (1, 40, 40) and obs.dtype == np.uint8
+        return np.array([1.5], np.float32)
+
+
+def test_live_play_steps_the_env_only_at_the_newest_frame():
+    config = load_config("configs/random_pendulum.yaml")
+    env = make_env(config)
+    agent = ConstantAgent()
+    viewer = Viewer([], live=live_episodes(agent, env, seed=0), action_space=env.action_space)
+    assert viewer.episode.label == "Episode: 1" and viewer.episode.fps == 20.0
+    assert viewer.hud_text() == "Episode: 1  Frame: 0  Return: 0.0  Action: +1.5"
+    viewer.advance(100)
+    assert len(viewer.episode.frames) == 101 and viewer.frame_index == 100
+    assert viewer.hud_text().endswith("Action: -")  # the final frame has no action
+    viewer.advance()
+    assert viewer.episode.label == "Episode: 2" and viewer.frame_index == 0 and agent.resets == 2
+    viewer.handle_key(pygame.K_p)
+    viewer.advance(50)
+    assert viewer.episode_index == 0 and len(viewer.episodes[1].frames) == 1  # looking back: env waits
+    first_frames = np.stack(viewer.episodes[0].frames)
+    assert not np.array_equal(first_frames[0], first_frames[-1])  # the pendulum moved
+    env.close()
 
 
 def test_live_plays_the_latest_checkpoint_through_the_viewer(tmp_path, capsys):
