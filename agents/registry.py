@@ -10,6 +10,7 @@ import importlib
 
 AGENTS: dict[str, str] = {
     "random": "agents.random_agent:RandomAgent",
+    "sb3": "agents.sb3:SB3Agent",
 }
 
 
