@@ -30,6 +30,8 @@ NO_DISPLAY_HINT = "no display: set DISPLAY (run where a screen is, or ssh -X), o
 def recorded_episodes(run_dir: Path, last: int | None = None) -> list[Episode]:
     """The run's recorded episodes, oldest first, then the best one unless it is among them.
 
+    With ``last``, only the newest ``last`` recorded episodes (best.npz is then left out).
+
     Raises:
         RunDirError: not a run directory, no episodes recorded, or a file that cannot be read.
     """
@@ -39,7 +41,7 @@ def recorded_episodes(run_dir: Path, last: int | None = None) -> list[Episode]:
         paths = paths[-last:]
     loaded = [(load_episode(path), "") for path in paths]
     best_path = run_dir / "episodes" / "best.npz"
-    if best_path.exists():
+    if best_path.exists() and last is None:
         best = load_episode(best_path)
         if int(best.get("episode", -1)) not in {int(data.get("episode", -1)) for data, _ in loaded}:
             loaded.append((best, " (best)"))
@@ -97,7 +99,8 @@ def watch(
         run_dir: a run directory (``runs/<name>/<stamp>``).
         live: play new episodes with the latest checkpoint instead of replaying recorded ones.
         export_path: ``.mp4`` or ``.gif``: write the picture there instead of opening a window.
-        episodes: recorded: only the last N; live with export: how many episodes to play (default 1).
+        episodes: recorded: only the newest N (without best.npz); live with export: how many episodes to
+            play (default 1).
         k: the open-loop prediction horizon shown first for model-based runs.
 
     Raises:
