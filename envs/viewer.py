@@ -18,6 +18,7 @@ the episode being played each time it gains a frame.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -423,6 +424,11 @@ class Viewer:
         Raises:
             NoDisplayError: no display is available (no X11/Wayland session and no SDL_VIDEODRIVER).
         """
+        if sys.platform.startswith("linux") and not any(
+            os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")
+        ):
+            # Checked before SDL probes, which would print its own errors and fall back to drawing nowhere.
+            raise NoDisplayError("no display (neither DISPLAY, WAYLAND_DISPLAY nor SDL_VIDEODRIVER is set)")
         try:
             pygame.display.init()
         except pygame.error as err:
