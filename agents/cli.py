@@ -3,6 +3,8 @@
     pixelpilot train CONFIG [key.sub=value ...]     train; the last line printed is "run: <run directory>"
     pixelpilot train --resume RUN_DIR               continue a killed run from its latest checkpoint
     pixelpilot eval RUN_DIR --episodes N            play the latest checkpoint, print mean and spread
+    pixelpilot watch RUN_DIR [--live] [--export F]  replay recorded episodes (or play live) in a pygame window
+    pixelpilot plot RUN_DIR ... [--out F.png]       learning curves, seeds of one config as mean and spread
     pixelpilot bench NAME [--json]                  measured figures against a named baseline
 
 Bad input (unknown key, wrong type, missing file, not a run directory, damaged checkpoint) prints one line
@@ -113,12 +115,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         state = run.load_latest_checkpoint()
         if state is not None:
             agent.load_state_dict(state)
-    started = time.time()
     try:
         result = agent.train(run)
     finally:
         run.close()
-    summary = {**result, "wall_s": round(time.time() - started, 2)}
+    summary = {**result, "wall_s": round(time.time() - run.started, 2)}
     run.write_summary(summary)
     print(f"mean return (last episodes): {summary['mean_return']:.2f}  env steps: {summary['env_steps']}")
     print(f"run: {run.dir}")

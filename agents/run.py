@@ -147,7 +147,7 @@ class Run:
         new = [key for key in values if key not in self._columns]
         if new:
             self._columns.extend(new)
-            self._rewrite_metrics(lambda rows: rows)
+            self._rewrite_metrics()
         row = [step, round(time.time() - self.started, 3)] + [values.get(key, "") for key in self._columns]
         with open(self.metrics_path, "a", newline="") as file:
             csv.writer(file).writerow(row)
@@ -156,21 +156,23 @@ class Run:
             writer.add_scalar(key, value, step)
         writer.flush()
 
-    def _rewrite_metrics(self, keep: Callable[[list[dict]], list[dict]]) -> None:
+    def _rewrite_metrics(self, keep: Callable[[dict], bool] = lambda row: True) -> list[dict]:
+        """Rewrite metrics.csv with the current columns and the rows ``keep`` accepts; returns those rows."""
         rows: list[dict] = []
         if self.metrics_path.exists():
             with open(self.metrics_path, newline="") as file:
-                rows = list(csv.DictReader(file))
+                rows = [row for row in csv.DictReader(file) if keep(row)]
         header = ["step", "wall_s", *self._columns]
 
         def write(file: io.BufferedWriter) -> None:
             text = io.StringIO()
             writer = csv.DictWriter(text, fieldnames=header, restval="", extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(keep(rows))
+            writer.writerows(rows)
             file.write(text.getvalue().encode())
 
         atomic_write(self.metrics_path, write)
+        return rows
 
     def _tensorboard(self):
         if self._writer is None:
@@ -217,7 +219,9 @@ class Run:
         payload = load_checkpoint(paths[-1])
         self._next_checkpoint = payload["step"] + self.config.train.checkpoint_every
         if self.metrics_path.exists():
-            self._rewrite_metrics(lambda rows: [row for row in rows if int(row["step"]) <= payload["step"]])
+            kept = self._rewrite_metrics(lambda row: int(row["step"]) <= payload["step"])
+            if kept:  # wall time continues from the checkpoint instead of restarting at 0
+                self.started = time.time() - float(kept[-1]["wall_s"])
         return payload["agent"]
 
     # episodes -------------------------------------------------------------------------------------
