@@ -1,0 +1,171 @@
+"""`pixelpilot bench ddm`: trials to success of the DDM agent over seeds, against SB3's frames, and model quality.
+
+    bench_ddm()                     5 seeds of configs/ddm_pendulum.yaml, SB3 figures from results/sb3_pendulum.json
+    bench_ddm(controller="policy")  the same with the learned feedback policy
+    compare_model_quality()         joint DDM vs auto-encoder-then-dynamics on the same frames
+
+The SB3 baseline is run once (`rerun_sb3=True` runs configs/sb3_ppo_pendulum.yaml again, for hours on a
+CPU) and its figures are stored with the command that made them; `ratio` is SB3's frames to its first
+success over the DDM agent's mean frames to success. When SB3 never succeeded within its budget, the
+budget stands in for its frames and `ratio_is_lower_bound` is true (the ratio reads as "more than").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.common import make_env
+from agents.config import load_config
+from agents.ddm import DDMAgent
+from agents.run import Run
+from nets.ddm import prediction_errors
+
+ROOT = Path(__file__).resolve().parent.parent
+SB3_RESULT = ROOT / "results" / "sb3_pendulum.json"
+SB3_CONFIG = "configs/sb3_ppo_pendulum.yaml"
+
+
+def hardware() -> dict:
+    """What the figures were measured on."""
+    info = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_seed(config_name: str, seed: int, overrides: Sequence[str], runs_dir: str) -> dict:
+    """One agent run in-process (its run directory under `runs_dir`); the agent's summary plus wall time."""
+    config = load_config(config_name, [f"seed={seed}", f"train.runs_dir={runs_dir}", *overrides])
+    agent = DDMAgent(config, torch.device(config.train.device if config.train.device != "auto" else "cpu"))
+    run = Run.create(config)
+    started = time.time()
+    summary = agent.train(run)
+    run.close()
+    summary["wall_s"] = time.time() - started
+    return summary
+
+
+def read_sb3_result(path: Path = SB3_RESULT) -> dict | None:
+    """The stored SB3 figures: frames to its first success (None if it never succeeded), its budget, command."""
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    frames = data.get("frames_to_first_success")
+    if frames is None:
+        frames = data.get("frames_to_first_training_success")
+    return {"frames_to_success": frames, "frame_budget": data.get("frame_budget", data.get("env_steps")),
+            "algo": data.get("algo", "ppo"), "command": data.get("command", ""), "source": str(path.relative_to(ROOT))}
+
+
+def rerun_sb3_baseline(path: Path = SB3_RESULT) -> dict:
+    """Train SB3 with configs/sb3_ppo_pendulum.yaml and store its figures (and the command) in `path`."""
+    from agents.cli import main as cli_main
+
+    with tempfile.TemporaryDirectory() as runs_dir:
+        command = ["train", SB3_CONFIG, f"train.runs_dir={runs_dir}"]
+        if cli_main(command) != 0:
+            raise RuntimeError(f"pixelpilot {' '.join(command)} failed")
+        summary_path = next(Path(runs_dir).glob("*/*/summary.json"))
+        summary = json.loads(summary_path.read_text())
+    result = {"command": f"pixelpilot train {SB3_CONFIG}", "algo": "ppo", "frame_budget": summary["env_steps"],
+              "frames_to_first_success": summary.get("frames_to_first_success"),
+              "frames_to_first_training_success": summary.get("frames_to_first_training_success"),
+              "hardware": hardware()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return read_sb3_result(path)
+
+
+def bench_ddm(
+    seeds: int = 5,
+    controller: str | None = None,
+    rerun_sb3: bool = False,
+    config: str = "ddm_pendulum",
+    overrides: Sequence[str] = (),
+    model_quality: bool = True,
+) -> dict:
+    """Trials to success per seed, frames, wall time per trial, SB3's figures and the frame ratio."""
+    overrides = [*overrides] + ([f"agent.controller={controller}"] if controller else [])
+    per_seed = []
+    with tempfile.TemporaryDirectory() as runs_dir:
+        for seed in range(seeds):
+            summary = run_seed(config, seed, overrides, runs_dir)
+            success = summary["success_trial"]
+            per_seed.append({"seed": seed, "trials_to_success": None if success is None else success + 1,
+                             "frames": summary["frames"], "wall_s": summary["wall_s"],
+                             "wall_per_trial_s": summary["wall_s"] / summary["trials"],
+                             "returns": summary["returns"]})
+    solved = [item for item in per_seed if item["trials_to_success"] is not None]
+    # A seed that never succeeded counts with all its frames: the mean is then a lower bound.
+    ddm_frames = float(np.mean([item["frames"] for item in per_seed]))
+    result = {
+        "config": config, "controller": controller or load_config(config).agent.controller,
+        "seeds": seeds, "solved_seeds": len(solved),
+        "trials_to_success": [item["trials_to_success"] for item in per_seed],
+        "frames_per_seed": [item["frames"] for item in per_seed],
+        "ddm_frames_mean": ddm_frames,
+        "wall_per_trial_s": float(np.mean([item["wall_per_trial_s"] for item in per_seed])),
+        "wall_per_seed_s": [round(item["wall_s"], 1) for item in per_seed],
+        "hardware": hardware(),
+    }
+    sb3 = rerun_sb3_baseline() if rerun_sb3 else read_sb3_result()
+    if sb3 is not None:
+        result["sb3"] = sb3
+        sb3_frames = sb3["frames_to_success"] if sb3["frames_to_success"] is not None else sb3["frame_budget"]
+        result["ratio_is_lower_bound"] = sb3["frames_to_success"] is None or len(solved) < seeds
+        result["ratio"] = float(sb3_frames) / ddm_frames
+    if model_quality:
+        result["model_quality"] = compare_model_quality(config=config)
+    return result
+
+
+def compare_model_quality(
+    config: str = "ddm_pendulum",
+    seed: int = 0,
+    train_trials: int = 5,
+    test_trials: int = 2,
+    updates: int = 1500,
+    steps: Sequence[int] = (1, 5, 10),
+) -> dict:
+    """Multi-step pixel prediction error (MSE, pixels in [0, 1]) on held-out trials of two models fitted
+    to the same random trials with the same networks and number of updates:
+
+    joint:       the DDM's joint loss (reconstruction + multi-step latent and pixel prediction + reward)
+    sequential:  the auto-encoder alone (reconstruction), then the transition and reward on its frozen latents
+    """
+    results = {}
+    for variant in ("joint", "sequential"):
+        run_config = load_config(config, [f"seed={seed}"])
+        agent = DDMAgent(run_config, torch.device("cpu"))
+        env = make_env(run_config)
+        trials = [agent.play(env, seed=seed * 1000 + index, controlled=False)
+                  for index in range(train_trials + test_trials)]
+        env.close()
+        agent.trials = trials[:train_trials]
+        started = time.time()
+        if variant == "joint":
+            agent.train_model(updates)
+        else:
+            model = agent.model
+            autoencoder = [*model.encoder.parameters(), *model.decoder.parameters()]
+            dynamics = [*model.transition_net.parameters(), *model.reward_net.parameters()]
+            agent.train_model(updates, parameters=autoencoder, terms=("reconstruction",))
+            agent.train_model(updates, parameters=dynamics, terms=("prediction_latent", "reward"))
+        errors = []
+        for trial in trials[train_trials:]:
+            frames = torch.from_numpy(trial.frames)
+            predictions = agent.model.predict_frames(frames, torch.from_numpy(trial.actions), max(steps))
+            errors.append(prediction_errors(predictions, frames, steps, agent.model.context))
+        results[variant] = {f"error_{k}": float(np.mean([item[k] for item in errors])) for k in steps}
+        results[variant]["train_s"] = round(time.time() - started, 1)
+    return results

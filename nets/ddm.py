@@ -1,0 +1,281 @@
+"""The deep dynamical model (DDM): an image auto-encoder and a latent transition learned jointly.
+
+After Wahlstroem, Schoen and Deisenroth, "From Pixels to Torques" (2015) and Assael et al. (2015):
+
+    encode:     image x_t                                  -> latent z_t              (..., latent_dim)
+    transition: last `context` latents z_{t-c+1..t}, a_t   -> z_{t+1}                 (residual MLP)
+    decode:     z_t                                        -> logits of x_t           (..., C, H, W)
+    reward:     z_t                                        -> r_t                     (the env's reward)
+
+A single frame shows where the pole is, not how fast it turns, so the transition reads the last two (or
+more) latents. Training is joint: besides reconstructing each frame, the model rolls the transition
+open-loop for `horizon` steps from encoded context frames and is penalised for the predicted latents
+(against the encoder's latents of the real frames), the decoded predictions (against the real frames) and
+the predicted rewards. So the latent space is shaped for long-term prediction, not only for reconstruction.
+
+`stochastic=True` gives the probabilistic variant (in the spirit of deep Kalman filters / RSSM): the
+transition outputs a diagonal Gaussian over the next latent, trained by its negative log-likelihood, and
+imagined rollouts sample from it (`sample=True`), so a planner scoring many sampled rollouts prefers
+plans whose outcome the model is sure of. The interface is the same as the deterministic model's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nets.conv import ConvDecoder, ConvEncoder, to_float
+from nets.mlp import MLP, MLPDecoder, MLPEncoder
+
+ENCODERS = ("mlp", "conv")
+
+
+class DDMLoss(NamedTuple):
+    """Loss terms of one joint update; `total` is the weighted sum that is minimised (all scalars)."""
+
+    total: torch.Tensor
+    reconstruction: torch.Tensor  # Bernoulli NLL of each frame's reconstruction, summed over pixels
+    prediction_pixels: torch.Tensor  # Bernoulli NLL of the decoded open-loop predictions
+    prediction_latent: torch.Tensor  # squared error (or Gaussian NLL) of predicted vs encoded latents
+    reward: torch.Tensor  # squared error of predicted rewards, from encoded and predicted latents
+
+
+class Transition(NamedTuple):
+    """A predicted next latent: its mean and standard deviation (zeros for the deterministic model)."""
+
+    mean: torch.Tensor  # (..., latent_dim)
+    std: torch.Tensor  # (..., latent_dim)
+
+
+class DeepDynamicalModel(nn.Module):
+    """Encoder, decoder, latent transition and reward head, trained jointly (see the module docstring).
+
+    Args:
+        obs_shape: image shape `(channels, height, width)`.
+        action_dim: size of an action vector.
+        action_bound: the largest action magnitude per dimension (actions are scaled by it before
+            entering the transition).
+        latent_dim: size of the latent state of one frame.
+        context: latents the transition reads (2: position and, by difference, velocity).
+        encoder: "mlp" (fully connected, as in the paper; fast on a CPU) or "conv".
+        encoder_hidden: hidden sizes of the MLP encoder (the decoder mirrors them), or the channels of
+            the conv encoder (the decoder mirrors them).
+        transition_hidden: hidden sizes of the transition MLP.
+        reward_hidden: hidden sizes of the reward MLP.
+        stochastic: Gaussian transition (the probabilistic variant) instead of a deterministic one.
+        min_std: smallest standard deviation of the Gaussian transition.
+
+    Shapes: observations `(..., C, H, W)` uint8 (or float in [0, 1]); latents `(..., latent_dim)`;
+    actions `(..., action_dim)`; histories `(..., context, latent_dim)`.
+    """
+
+    def __init__(
+        self,
+        obs_shape: Sequence[int],
+        action_dim: int,
+        action_bound: float | Sequence[float] = 1.0,
+        latent_dim: int = 4,
+        context: int = 2,
+        encoder: str = "mlp",
+        encoder_hidden: Sequence[int] = (256, 64),
+        transition_hidden: Sequence[int] = (128, 128),
+        reward_hidden: Sequence[int] = (64, 64),
+        stochastic: bool = False,
+        min_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"DeepDynamicalModel: encoder must be one of {ENCODERS}, got {encoder!r}")
+        if latent_dim < 1 or context < 1:
+            raise ValueError(f"DeepDynamicalModel: latent_dim and context must be >= 1, got {latent_dim}, {context}")
+        self.obs_shape = tuple(int(size) for size in obs_shape)
+        self.action_dim = action_dim
+        self.latent_dim = latent_dim
+        self.context = context
+        self.stochastic = stochastic
+        self.min_std = min_std
+        bound = torch.as_tensor(action_bound, dtype=torch.float32).expand(action_dim).clone()
+        self.register_buffer("action_bound", bound)
+        if encoder == "mlp":
+            self.encoder = MLPEncoder(self.obs_shape, latent_dim, hidden=encoder_hidden)
+            self.decoder = MLPDecoder(self.obs_shape, latent_dim, hidden=tuple(reversed(encoder_hidden)))
+        else:
+            self.encoder = ConvEncoder(self.obs_shape, channels=encoder_hidden, latent_dim=latent_dim, activation="elu")
+            self.decoder = ConvDecoder(self.obs_shape, latent_dim, channels=tuple(reversed(encoder_hidden)),
+                                       activation="elu")
+        out_dim = 2 * latent_dim if stochastic else latent_dim
+        self.transition_net = MLP(context * latent_dim + action_dim, out_dim, transition_hidden)
+        self.reward_net = MLP(latent_dim, 1, reward_hidden)
+
+    # the four maps ------------------------------------------------------------------------------------
+    def encode(self, observations: torch.Tensor) -> torch.Tensor:
+        """`(..., C, H, W)` uint8 or float images -> `(..., latent_dim)` latents."""
+        images = to_float(observations) if observations.dtype == torch.uint8 else observations
+        lead = images.shape[:-3]
+        return self.encoder(images.reshape(-1, *self.obs_shape)).view(*lead, self.latent_dim)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """`(..., latent_dim)` latents -> `(..., C, H, W)` pixel logits."""
+        lead = latents.shape[:-1]
+        return self.decoder(latents.reshape(-1, self.latent_dim)).view(*lead, *self.obs_shape)
+
+    def transition(self, history: torch.Tensor, action: torch.Tensor) -> Transition:
+        """The next latent's distribution from the last `context` latents (oldest first) and the action.
+
+        Shapes: `history (..., context, latent_dim)`, `action (..., action_dim)` -> `(..., latent_dim)` each.
+        """
+        assert history.shape[-2:] == (self.context, self.latent_dim), (
+            f"transition expects (..., {self.context}, {self.latent_dim}) histories, got {tuple(history.shape)}"
+        )
+        inputs = torch.cat([history.flatten(-2), action / self.action_bound], dim=-1)
+        output = self.transition_net(inputs)
+        last = history[..., -1, :]
+        if not self.stochastic:
+            return Transition(last + output, torch.zeros_like(last))
+        delta, std = output.chunk(2, dim=-1)
+        return Transition(last + delta, F.softplus(std) + self.min_std)
+
+    def reward(self, latents: torch.Tensor) -> torch.Tensor:
+        """`(..., latent_dim)` -> `(...)` predicted rewards."""
+        return self.reward_net(latents).squeeze(-1)
+
+    # rollouts -------------------------------------------------------------------------------------------
+    def step(self, history: torch.Tensor, action: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """The history shifted by one predicted latent (its mean, or a reparameterised sample).
+
+        Shapes: `history (..., context, latent_dim)`, `action (..., action_dim)` -> `(..., context, latent_dim)`.
+        """
+        mean, std = self.transition(history, action)
+        latent = mean + std * torch.randn_like(std) if sample and self.stochastic else mean
+        return torch.cat([history[..., 1:, :], latent.unsqueeze(-2)], dim=-2)
+
+    def imagine(self, history: torch.Tensor, actions: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Open-loop rollout: the latents after each of `actions`.
+
+        Shapes: `history (..., context, latent_dim)`, `actions (..., horizon, action_dim)` ->
+        `(..., horizon, latent_dim)`.
+        """
+        latents = []
+        for index in range(actions.shape[-2]):
+            history = self.step(history, actions[..., index, :], sample)
+            latents.append(history[..., -1, :])
+        return torch.stack(latents, dim=-2)
+
+    # training -------------------------------------------------------------------------------------------
+    def loss(
+        self,
+        observations: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        reward_mask: torch.Tensor | None = None,
+        latent_weight: float = 10.0,
+        reward_weight: float = 10.0,
+    ) -> DDMLoss:
+        """The joint loss on windows of `context + horizon` frames.
+
+        The first `context` frames are encoded; the transition then predicts the remaining `horizon`
+        latents open-loop from them and the actions. `rewards[:, t]` is the reward of the step out of
+        frame `t`; `reward_mask` (1 = valid) excludes rewards that do not exist (after a trial's end).
+
+        Shapes: `observations (batch, context + horizon, C, H, W)` uint8, `actions (batch, context + horizon
+        - 1, action_dim)`, `rewards, reward_mask (batch, context + horizon - 1)`.
+        """
+        batch, length = observations.shape[:2]
+        horizon = length - self.context
+        assert horizon >= 1 and actions.shape == (batch, length - 1, self.action_dim), (
+            f"loss expects (batch, context + horizon, C, H, W) frames and (batch, length - 1, "
+            f"{self.action_dim}) actions, got {tuple(observations.shape)} and {tuple(actions.shape)}"
+        )
+        if reward_mask is None:
+            reward_mask = torch.ones_like(rewards)
+        images = to_float(observations)
+        latents = self.encode(images)  # (batch, length, latent_dim)
+        reconstruction = _bernoulli_nll(self.decode(latents), images)
+
+        history = latents[:, : self.context]
+        predicted, means, stds = [], [], []
+        for index in range(horizon):
+            mean, std = self.transition(history, actions[:, self.context - 1 + index])
+            latent = mean + std * torch.randn_like(std) if self.stochastic else mean
+            predicted.append(latent)
+            means.append(mean)
+            stds.append(std)
+            history = torch.cat([history[:, 1:], latent.unsqueeze(1)], dim=1)
+        predicted = torch.stack(predicted, 1)  # (batch, horizon, latent_dim)
+        # The encoder's latents are targets here; the encoder learns predictability through the pixels.
+        target = latents[:, self.context :].detach()
+        if self.stochastic:
+            mean, std = torch.stack(means, 1), torch.stack(stds, 1)
+            latent_error = (((target - mean) / std) ** 2 / 2 + std.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
+        else:
+            latent_error = ((predicted - target) ** 2).sum(-1)
+        prediction_latent = latent_error.mean()
+        prediction_pixels = _bernoulli_nll(self.decode(predicted), images[:, self.context :])
+
+        # Rewards from the encoded latents of every frame and from the predicted ones (what a planner uses).
+        reward_latents = torch.cat([latents[:, :-1], predicted[:, :-1]], dim=1)
+        reward_targets = torch.cat([rewards, rewards[:, self.context :]], dim=1)
+        mask = torch.cat([reward_mask, reward_mask[:, self.context :]], dim=1)
+        reward_error = ((self.reward(reward_latents) - reward_targets) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+
+        total = reconstruction + prediction_pixels + latent_weight * prediction_latent + reward_weight * reward_error
+        return DDMLoss(total, reconstruction, prediction_pixels, prediction_latent, reward_error)
+
+    # evaluation -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_frames(self, observations: torch.Tensor, actions: torch.Tensor, steps: int) -> torch.Tensor:
+        """Open-loop predictions of a whole episode, `steps` ahead, from every start that has a history.
+
+        Returns `(steps, time + 1, C, H, W)` probabilities where `[k - 1, t]` is the prediction of frame
+        `t` made from the frames up to `t - k` (and the actions in between); zeros where `t - k` has no
+        full history (`t - k < context - 1`).
+
+        Shapes: `observations (time + 1, C, H, W)` uint8, `actions (time, action_dim)`.
+        """
+        frames = observations.shape[0]
+        latents = self.encode(observations)
+        predictions = torch.zeros(steps, frames, *self.obs_shape, device=latents.device)
+        starts = torch.arange(self.context - 1, frames - 1, device=latents.device)
+        if starts.numel() == 0:
+            return predictions
+        history = torch.stack([latents[starts - self.context + 1 + offset] for offset in range(self.context)], 1)
+        for k in range(1, steps + 1):
+            valid = starts + k < frames
+            if not valid.any():
+                break
+            history = self.step(history[valid], actions[starts[valid] + k - 1])
+            starts = starts[valid]
+            predictions[k - 1, starts + k] = torch.sigmoid(self.decode(history[:, -1]))
+        return predictions
+
+    @torch.no_grad()
+    def reconstruct(self, observations: torch.Tensor) -> torch.Tensor:
+        """`(..., C, H, W)` uint8 -> `(..., C, H, W)` reconstruction probabilities in [0, 1]."""
+        return torch.sigmoid(self.decode(self.encode(observations)))
+
+
+def _bernoulli_nll(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Bernoulli NLL summed over pixels, averaged over all leading dims. `(..., C, H, W)` -> scalar."""
+    return F.binary_cross_entropy_with_logits(logits, images, reduction="none").sum((-3, -2, -1)).mean()
+
+
+def prediction_errors(
+    predictions: torch.Tensor, observations: torch.Tensor, steps: Sequence[int], context: int
+) -> dict[int, float]:
+    """Mean squared pixel error (pixels in [0, 1]) of the k-step predictions, for each k in `steps`.
+
+    Shapes: `predictions (K, time + 1, C, H, W)` from `predict_frames` of a model with `context`;
+    `observations (time + 1, C, H, W)` uint8. Only frames that have a k-step prediction count (NaN if none).
+    """
+    images = to_float(observations)
+    errors = {}
+    for k in steps:
+        first = context - 1 + k
+        squared = (predictions[k - 1, first:] - images[first:]) ** 2
+        errors[k] = float(squared.mean()) if squared.numel() else float("nan")
+    return errors

@@ -1,0 +1,193 @@
+"""The deep dynamical model, its controllers and the data-efficient trial loop."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from agents.config import ConfigError, load_config
+from agents.ddm import DDMAgent, Policy, cem_plan, gradient_plan, imagined_return, improve_policy
+from agents.run import Run, checkpoint_paths, load_checkpoint, load_episode
+from nets.ddm import DeepDynamicalModel
+
+OBS_SHAPE = (1, 40, 40)
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(tmp_path, *overrides: str):
+    return load_config("ddm_pendulum_tiny", [f"train.runs_dir={tmp_path}", *overrides])
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+@pytest.mark.parametrize("encoder, hidden", [("mlp", (32,)), ("conv", (8, 16))])
+def test_model_shapes(encoder, hidden, stochastic):
+    model = DeepDynamicalModel(OBS_SHAPE, 1, 2.0, latent_dim=3, context=2, encoder=encoder, encoder_hidden=hidden,
+                               stochastic=stochastic)
+    frames = torch.randint(0, 256, (5, 7, *OBS_SHAPE), dtype=torch.uint8)
+    latents = model.encode(frames)
+    assert latents.shape == (5, 7, 3)
+    assert model.decode(latents).shape == (5, 7, *OBS_SHAPE)
+    history = latents[:, :2]
+    assert model.step(history, torch.zeros(5, 1)).shape == (5, 2, 3)
+    assert model.imagine(history, torch.zeros(5, 4, 1), sample=True).shape == (5, 4, 3)
+    assert model.reward(latents).shape == (5, 7)
+    predictions = model.predict_frames(frames[0], torch.zeros(6, 1), steps=3)
+    assert predictions.shape == (3, 7, *OBS_SHAPE)
+    # predictions[k-1, t] exists only from a full history at t - k (t - k >= context - 1 = 1).
+    assert torch.all(predictions[2, :4] == 0) and torch.all(predictions[2, 4:] > 0)
+
+
+def moving_dot_data(count: int, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frames of a dot moved left/right by the action, and reward = -|position|: (count, length, 1, 40, 40)."""
+    generator = torch.Generator().manual_seed(0)
+    actions = torch.randint(-1, 2, (count, length - 1, 1), generator=generator).float()
+    position = torch.cat([torch.zeros(count, 1), actions[..., 0].cumsum(1)], 1).clamp(-15, 15)
+    frames = torch.zeros(count, length, *OBS_SHAPE, dtype=torch.uint8)
+    columns = (position + 20).long()
+    frames[torch.arange(count)[:, None], torch.arange(length), 0, 18:22, :] = 0
+    for row in range(18, 22):
+        frames[torch.arange(count)[:, None], torch.arange(length), 0, row, columns] = 255
+    return frames, actions, -position[:, :-1].abs()
+
+
+def test_joint_training_loss_falls():
+    torch.manual_seed(0)
+    frames, actions, rewards = moving_dot_data(8, 8)
+    model = DeepDynamicalModel(OBS_SHAPE, 1, 1.0, latent_dim=2, encoder_hidden=(32,))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = model.loss(frames, actions, rewards)
+    for _ in range(100):
+        loss = model.loss(frames, actions, rewards)
+        optimizer.zero_grad()
+        loss.total.backward()
+        optimizer.step()
+    assert loss.total.item() < 0.3 * first.total.item()
+    assert loss.prediction_pixels.item() < 0.3 * first.prediction_pixels.item()
+
+
+class LinearModel(nn.Module):
+    """A known latent system for the planners: z' = z + a, reward = -(z - 1.5)^2 (1-d, context 1)."""
+
+    context, latent_dim, stochastic = 1, 1, False
+
+    def step(self, history: torch.Tensor, action: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        return history + action.unsqueeze(-2)
+
+    def imagine(self, history: torch.Tensor, actions: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        return history[..., -1:, :] + actions.cumsum(-2)
+
+    def reward(self, latents: torch.Tensor) -> torch.Tensor:
+        return -((latents[..., 0] - 1.5) ** 2)
+
+
+def test_cem_finds_the_best_action_sequence_of_a_known_system():
+    # From z = 0 with |a| <= 1, the best 3-step plan is a = (1, 0.5, 0): z reaches 1.5 and stays.
+    torch.manual_seed(0)
+    plan = cem_plan(LinearModel(), torch.zeros(1, 1), torch.zeros(3, 1), torch.ones(1), candidates=500,
+                    elites=50, iterations=8)
+    assert torch.allclose(plan[:, 0], torch.tensor([1.0, 0.5, 0.0]), atol=0.1)
+    assert plan.abs().max() <= 1.0
+
+
+def test_gradient_planner_finds_the_best_action_sequence_of_a_known_system():
+    torch.manual_seed(0)
+    plan = gradient_plan(LinearModel(), torch.zeros(1, 1), torch.zeros(3, 1), torch.ones(1), candidates=64,
+                         iterations=100, lr=0.1)
+    assert abs(plan[:, 0].sum().item() - 1.5) < 0.05 and plan[0, 0] > 0.9
+    assert plan.abs().max() <= 1.0
+
+
+def test_policy_search_improves_imagined_return():
+    torch.manual_seed(0)
+    model = LinearModel()
+    policy = Policy(1, 1, torch.ones(1), [16])
+    starts = torch.empty(64, 1, 1).uniform_(-3, 3)
+    before = imagined_return(model, policy, starts, 5).mean().item()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    after = improve_policy(model, policy, optimizer, starts, steps=200, batch=64, horizon=5)
+    assert after > before + 1.0
+    # The learned feedback drives z towards 1.5 from both sides.
+    assert policy(torch.tensor([[[-2.0]]])).item() > 0.5 and policy(torch.tensor([[[3.0]]])).item() < -0.5
+
+
+@pytest.mark.parametrize("controller", ["cem", "gradient", "policy"])
+def test_tiny_trial_loop_logs_every_trial_and_records_predictions(tmp_path, controller):
+    config = tiny_config(tmp_path, f"agent.controller={controller}")
+    agent = DDMAgent(config, torch.device("cpu"))
+    run = Run.create(config)
+    summary = agent.train(run)
+    run.close()
+    assert summary["trials"] == 3 and summary["frames"] == 60 and summary["env_steps"] == 60
+    assert summary["success_trial"] is None or 0 <= summary["success_trial"] < 3
+    assert np.isfinite(summary["model_error_10"])
+    json.dumps(summary)
+    rows = (run.dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for key in ("trial/return", "trial/success", "model/error_1", "model/error_5", "model/error_10", "time/trial_s"):
+        assert key in header
+    assert [int(row.split(",")[0]) for row in rows[1:]] == [20, 40, 60]
+    episode = load_episode(run.dir / "episodes" / "ep_0000002.npz")
+    assert episode["frames"].shape == (21, *OBS_SHAPE)
+    assert episode["reconstructions"].shape == (21, *OBS_SHAPE) and episode["reconstructions"].dtype == np.uint8
+    assert episode["predictions"].shape == (10, 21, *OBS_SHAPE)
+    assert int(episode["trial"]) == 2
+
+
+def test_checkpoint_round_trip_gives_the_same_predictions_and_resumes_at_the_next_trial(tmp_path):
+    config = tiny_config(tmp_path, "agent.trials=2")
+    agent = DDMAgent(config, torch.device("cpu"))
+    run = Run.create(config)
+    agent.train(run)
+    state = load_checkpoint(checkpoint_paths(run.dir)[-1])["agent"]
+    restored = DDMAgent(config, torch.device("cpu"))
+    restored.load_state_dict(state)
+    frames = torch.from_numpy(agent.trials[-1].frames)
+    actions = torch.from_numpy(agent.trials[-1].actions)
+    expected = agent.model.predict_frames(frames, actions, 5)
+    assert torch.equal(restored.model.predict_frames(frames, actions, 5), expected)
+    assert restored.frames() == 40 and len(restored.trials) == 2
+    restored.config = tiny_config(tmp_path, "agent.trials=3")
+    summary = restored.train(run)
+    assert summary["trials"] == 3 and summary["frames"] == 60
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("agent.controller=lqr", "agent.controller"),
+        ("agent.planning_horizon=0", "agent.planning_horizon"),
+        ("agent.latent_dim=0", "agent.latent_dim"),
+        ("agent.elites=50", "agent.elites"),
+        ("agent.action_bound=[]", "agent.action_bound"),
+    ],
+)
+def test_config_rejects_bad_input_naming_the_key(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=key):
+        tiny_config(tmp_path, override)
+
+
+def test_action_bound_of_the_wrong_shape_is_rejected_before_anything_is_written(tmp_path):
+    config = tiny_config(tmp_path, "agent.action_bound=[1.0, 2.0]")
+    with pytest.raises(ConfigError, match="agent.action_bound"):
+        DDMAgent(config, torch.device("cpu"))
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_pendulum_swings_up_within_ten_trials(tmp_path):
+    config = load_config("ddm_pendulum", [f"train.runs_dir={tmp_path}"])
+    agent = DDMAgent(config, torch.device("cpu"))
+    run = Run.create(config)
+    summary = agent.train(run)
+    assert summary["success_trial"] is not None and summary["trials"] <= 10
