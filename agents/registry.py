@@ -11,6 +11,7 @@ import importlib
 AGENTS: dict[str, str] = {
     "random": "agents.random_agent:RandomAgent",
     "sb3": "agents.sb3:SB3Agent",
+    "ddm": "agents.ddm:DDMAgent",
 }
 
 
