@@ -3,7 +3,8 @@
 After Wahlstroem et al. 2015 and Assael et al. 2015 ("Data-Efficient Learning of Feedback Policies from
 Image Pixels using Deep Dynamical Models"). The agent sees only images and rewards.
 
-    trial 0 .. random_trials - 1:  random actions (held for a few steps, so the pole swings)
+    trial 0 .. random_trials - 1:  random actions at +-bound, each held for `random_hold` steps: about half
+                                   the period of the hanging pendulum, so the pole swings far (exploration)
     then, each trial:
         train the DDM on every frame so far (warm-started, a bounded number of updates)
         [policy controller: improve the policy on imagined rollouts through the model]
@@ -52,7 +53,8 @@ class Config:
     random_trials: int = 1  # first trials with random actions
     trial_steps: int = 100  # env steps per trial (the env's time limit may end it sooner)
     stop_on_success: bool = True  # stop after the first trial judged a success
-    random_hold: int = 5  # a random action is held for this many steps (it swings the pole further)
+    random_hold: int = 10  # a random action is held for this many steps (it swings the pole further)
+    random_bang_bang: bool = True  # random actions at +-bound (not uniform): held, they swing the pole round
     # model (nets.ddm.DeepDynamicalModel)
     latent_dim: int = 4  # latent size of one frame
     context: int = 2  # latents the transition reads (one frame shows no velocity)
@@ -67,6 +69,8 @@ class Config:
     first_train_steps: int = 600  # updates after the random trials
     train_steps: int = 300  # updates after each later trial (warm-started: bounded time per trial)
     model_lr: float = 1e-3  # Adam learning rate of the model
+    dynamics_steps: int = 1000  # then updates of the transition and reward head alone, on frozen latents (cheap)
+    dynamics_batch: int = 64  # windows per dynamics-only update
     latent_weight: float = 10.0  # weight of the latent prediction error in the joint loss
     reward_weight: float = 10.0  # weight of the reward error in the joint loss
     # control
@@ -96,10 +100,10 @@ class Config:
             raise ConfigError(f"agent.latent_dim: the decoder needs a latent of at least 1 dim, got {self.latent_dim}")
         for key in ("trials", "trial_steps", "context", "prediction_horizon", "batch_size", "planning_horizon",
                     "candidates", "elites", "cem_iterations", "gradient_iterations", "policy_horizon",
-                    "policy_batch", "random_hold"):
+                    "policy_batch", "random_hold", "dynamics_batch"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"agent.{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("random_trials", "first_train_steps", "train_steps", "policy_steps"):
+        for key in ("random_trials", "first_train_steps", "train_steps", "policy_steps", "dynamics_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"agent.{key}: must be >= 0, got {getattr(self, key)}")
         if not 1 <= self.random_trials < self.trials:
@@ -329,6 +333,34 @@ class DDMAgent:
         means = torch.stack(history[-50:]).mean(0).tolist()
         return {f"train/{name}": value for name, value in zip(loss._fields, means, strict=True)}
 
+    def train_dynamics(self, updates: int) -> dict[str, float]:
+        """Fit the transition and reward head alone on latents encoded once (no images: ~100x cheaper
+        per update than a joint one), with the same open-loop multi-step latent and reward losses."""
+        agent = self.config.agent
+        frames, actions, rewards, valid = self.dataset()
+        with torch.no_grad():
+            latents = self.model.encode(frames)  # (N, T + 1, latent_dim)
+        parameters = [*self.model.transition_net.parameters(), *self.model.reward_net.parameters()]
+        optimizer = torch.optim.Adam(parameters, lr=agent.model_lr)
+        length = agent.context + agent.prediction_horizon
+        count, steps = actions.shape[:2]
+        offsets = torch.arange(length, device=self.device)
+        history = []
+        for _ in range(updates):
+            trial = torch.randint(0, count, (agent.dynamics_batch, 1), device=self.device)
+            index = torch.randint(0, steps + 2 - length, (agent.dynamics_batch, 1), device=self.device) + offsets
+            _, latent_error, reward_error = self.model.latent_losses(
+                latents[trial, index], actions[trial, index[:, :-1]], rewards[trial, index[:, :-1]],
+                valid[trial, index[:, :-1]])
+            optimizer.zero_grad()
+            (agent.latent_weight * latent_error + agent.reward_weight * reward_error).backward()
+            optimizer.step()
+            history.append(torch.stack([latent_error.detach(), reward_error.detach()]))
+        if not history:
+            return {}
+        latent_error, reward_error = torch.stack(history[-50:]).mean(0).tolist()
+        return {"train/dynamics_latent": latent_error, "train/dynamics_reward": reward_error}
+
     def latent_histories(self) -> torch.Tensor:
         """The latent history at every frame of the data that has one: (N, context, latent_dim)."""
         context = self.config.agent.context
@@ -388,7 +420,8 @@ class DDMAgent:
                 if agent.exploration_noise > 0:
                     action = action + agent.exploration_noise * bound * self.rng.standard_normal(bound.shape)
             elif step % agent.random_hold == 0:
-                action = self.rng.uniform(-bound, bound)
+                action = (bound * self.rng.choice([-1.0, 1.0], size=bound.shape) if agent.random_bang_bang
+                          else self.rng.uniform(-bound, bound))
             action = np.clip(action, -bound, bound).astype(np.float32)
             obs, reward, terminated, truncated, info = env.step(action)
             frames.append(obs)
@@ -414,6 +447,7 @@ class DDMAgent:
                 # trials gets more updates.
                 first = index == agent.random_trials
                 losses = self.train_model(agent.first_train_steps if first else agent.train_steps)
+                losses.update(self.train_dynamics(agent.dynamics_steps))
                 if agent.controller == "policy":
                     losses["train/imagined_return"] = improve_policy(
                         self.model, self.policy, self.policy_optimizer, self.latent_histories(), agent.policy_steps,

@@ -41,7 +41,7 @@ class DDMLoss(NamedTuple):
     total: torch.Tensor
     reconstruction: torch.Tensor  # Bernoulli NLL of each frame's reconstruction, summed over pixels
     prediction_pixels: torch.Tensor  # Bernoulli NLL of the decoded open-loop predictions
-    prediction_latent: torch.Tensor  # squared error (or Gaussian NLL) of predicted vs encoded latents
+    prediction_latent: torch.Tensor  # squared error (or Gaussian NLL) of predicted vs encoded latents, per spread
     reward: torch.Tensor  # squared error of predicted rewards, from encoded and predicted latents
 
 
@@ -191,12 +191,33 @@ class DeepDynamicalModel(nn.Module):
             f"loss expects (batch, context + horizon, C, H, W) frames and (batch, length - 1, "
             f"{self.action_dim}) actions, got {tuple(observations.shape)} and {tuple(actions.shape)}"
         )
-        if reward_mask is None:
-            reward_mask = torch.ones_like(rewards)
         images = to_float(observations)
         latents = self.encode(images)  # (batch, length, latent_dim)
         reconstruction = _bernoulli_nll(self.decode(latents), images)
+        predicted, prediction_latent, reward_error = self.latent_losses(latents, actions, rewards, reward_mask)
+        prediction_pixels = _bernoulli_nll(self.decode(predicted), images[:, self.context :])
+        total = reconstruction + prediction_pixels + latent_weight * prediction_latent + reward_weight * reward_error
+        return DDMLoss(total, reconstruction, prediction_pixels, prediction_latent, reward_error)
 
+    def latent_losses(
+        self,
+        latents: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        reward_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Open-loop latent prediction over windows of encoded latents, and its latent and reward errors.
+
+        Also used alone, on latents encoded once without gradients, to fit the transition and reward head
+        cheaply (no images involved).
+
+        Shapes: `latents (batch, context + horizon, latent_dim)`, `actions (batch, context + horizon - 1,
+        action_dim)`, `rewards, reward_mask (batch, context + horizon - 1)` -> predicted latents `(batch,
+        horizon, latent_dim)`, latent error (scalar), reward error (scalar).
+        """
+        if reward_mask is None:
+            reward_mask = torch.ones_like(rewards)
+        horizon = latents.shape[1] - self.context
         history = latents[:, : self.context]
         predicted, means, stds = [], [], []
         for index in range(horizon):
@@ -208,23 +229,22 @@ class DeepDynamicalModel(nn.Module):
             history = torch.cat([history[:, 1:], latent.unsqueeze(1)], dim=1)
         predicted = torch.stack(predicted, 1)  # (batch, horizon, latent_dim)
         # The encoder's latents are targets here; the encoder learns predictability through the pixels.
+        # Errors are measured in units of the latents' spread, so shrinking the latent space cannot
+        # lower them (no pull towards collapse) and the weight means the same at any scale.
         target = latents[:, self.context :].detach()
+        scale = latents.detach().flatten(0, 1).std(0).clamp(min=1e-3)
         if self.stochastic:
-            mean, std = torch.stack(means, 1), torch.stack(stds, 1)
-            latent_error = (((target - mean) / std) ** 2 / 2 + std.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
+            mean, std = torch.stack(means, 1) / scale, torch.stack(stds, 1) / scale
+            latent_error = (((target / scale - mean) / std) ** 2 / 2 + std.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
         else:
-            latent_error = ((predicted - target) ** 2).sum(-1)
-        prediction_latent = latent_error.mean()
-        prediction_pixels = _bernoulli_nll(self.decode(predicted), images[:, self.context :])
+            latent_error = (((predicted - target) / scale) ** 2).sum(-1)
 
         # Rewards from the encoded latents of every frame and from the predicted ones (what a planner uses).
         reward_latents = torch.cat([latents[:, :-1], predicted[:, :-1]], dim=1)
         reward_targets = torch.cat([rewards, rewards[:, self.context :]], dim=1)
         mask = torch.cat([reward_mask, reward_mask[:, self.context :]], dim=1)
         reward_error = ((self.reward(reward_latents) - reward_targets) ** 2 * mask).sum() / mask.sum().clamp(min=1)
-
-        total = reconstruction + prediction_pixels + latent_weight * prediction_latent + reward_weight * reward_error
-        return DDMLoss(total, reconstruction, prediction_pixels, prediction_latent, reward_error)
+        return predicted, latent_error.mean(), reward_error
 
     # evaluation -----------------------------------------------------------------------------------------
     @torch.no_grad()

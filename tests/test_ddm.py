@@ -191,3 +191,21 @@ def test_pendulum_swings_up_within_ten_trials(tmp_path):
     run = Run.create(config)
     summary = agent.train(run)
     assert summary["success_trial"] is not None and summary["trials"] <= 10
+
+
+def test_bench_reports_trials_frames_and_the_sb3_ratio():
+    from agents.bench_ddm import bench_ddm
+
+    result = bench_ddm(seeds=2, config="ddm_pendulum_tiny", model_quality=False)
+    assert result["frames_per_seed"] == [60, 60] and len(result["trials_to_success"]) == 2
+    assert result["wall_per_trial_s"] > 0 and result["hardware"]["cpu_count"] >= 1
+    assert result["ratio"] == pytest.approx(result["sb3"]["frames_to_first_success"] / 60)
+
+
+def test_model_quality_comparison_fits_both_models_on_the_same_data():
+    from agents.bench_ddm import compare_model_quality
+
+    result = compare_model_quality(config="ddm_pendulum_tiny", train_trials=2, test_trials=1, updates=3)
+    for variant in ("joint", "sequential"):
+        assert set(result[variant]) == {"error_1", "error_5", "error_10", "train_s"}
+        assert all(np.isfinite(value) for value in result[variant].values())
