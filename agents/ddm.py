@@ -152,6 +152,7 @@ def cem_plan(
     for _ in range(iterations):
         noise = torch.randn(candidates, *mean.shape, generator=generator, device=mean.device)
         actions = torch.maximum(torch.minimum(mean + std * noise, bound), -bound)
+        actions[0] = torch.maximum(torch.minimum(mean, bound), -bound)  # the mean itself competes: never worse
         returns = model.reward(model.imagine(histories, actions, sample=True)).sum(-1)
         best = actions[returns.topk(elites).indices]
         mean, std = best.mean(0), best.std(0) + 1e-3 * bound
