@@ -71,6 +71,7 @@ class Config:
     model_lr: float = 1e-3  # Adam learning rate of the model
     dynamics_steps: int = 1000  # then updates of the transition and reward head alone, on frozen latents (cheap)
     dynamics_batch: int = 64  # windows per dynamics-only update
+    focus: float = 0.5  # fraction of training windows drawn preferring high reward (see sample_windows)
     latent_weight: float = 10.0  # weight of the latent prediction error in the joint loss
     reward_weight: float = 10.0  # weight of the reward error in the joint loss
     # control
@@ -116,6 +117,8 @@ class Config:
                               f"{self.trial_steps + 1} frames, got {self.context} + {self.prediction_horizon}")
         if self.action_bound is not None and (not self.action_bound or min(self.action_bound) <= 0):
             raise ConfigError(f"agent.action_bound: expected a list of positive numbers, got {self.action_bound}")
+        if not 0.0 <= self.focus <= 1.0:
+            raise ConfigError(f"agent.focus: must be in [0, 1], got {self.focus}")
         for key in ("model_lr", "gradient_lr", "policy_lr"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"agent.{key}: must be > 0, got {getattr(self, key)}")
@@ -298,6 +301,26 @@ class DDMAgent:
         to = lambda array: torch.from_numpy(array).to(self.device)  # noqa: E731
         return to(frames), to(actions), to(rewards), to(valid)
 
+    def sample_windows(
+        self, rewards: torch.Tensor, valid: torch.Tensor, length: int, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trial and start indices `(batch, 1)` each of windows of `length` frames.
+
+        A `focus` fraction is drawn with probability growing with the window's mean reward (standardised,
+        softmax): the states that matter for control (the pole near upright) are rare in the data, and
+        the model's errors there decide whether it can be held. The rest are uniform.
+        """
+        count, steps = rewards.shape
+        starts = steps + 2 - length
+        windows = rewards.unfold(1, length - 1, 1)[:, :starts].mean(-1)  # (count, starts)
+        usable = valid.unfold(1, length - 1, 1)[:, :starts].amin(-1) > 0
+        score = (windows - windows[usable].mean()) / windows[usable].std().clamp(min=1e-6)
+        weights = torch.where(usable, score.exp(), torch.zeros_like(score)).flatten()
+        focused = int(round(self.config.agent.focus * batch)) if weights.sum() > 0 else 0
+        flat = torch.cat([torch.multinomial(weights, focused, replacement=True),
+                          torch.randint(0, count * starts, (batch - focused,), device=rewards.device)])
+        return (flat // starts).unsqueeze(1), (flat % starts).unsqueeze(1)
+
     def train_model(
         self, updates: int, parameters: list[nn.Parameter] | None = None, terms: tuple[str, ...] | None = None
     ) -> dict[str, float]:
@@ -309,7 +332,6 @@ class DDMAgent:
         agent = self.config.agent
         frames, actions, rewards, valid = self.dataset()
         length = agent.context + agent.prediction_horizon
-        count, steps = actions.shape[:2]
         optimizer = self.model_optimizer if parameters is None else torch.optim.Adam(parameters, lr=agent.model_lr)
         weights = {"reconstruction": 1.0, "prediction_pixels": 1.0, "prediction_latent": agent.latent_weight,
                    "reward": agent.reward_weight}
@@ -317,8 +339,7 @@ class DDMAgent:
         offsets = torch.arange(length, device=self.device)
         self.model.train()
         for _ in range(updates):
-            trial = torch.randint(0, count, (agent.batch_size, 1), device=self.device)
-            start = torch.randint(0, steps + 2 - length, (agent.batch_size, 1), device=self.device)
+            trial, start = self.sample_windows(rewards, valid, length, agent.batch_size)
             index = start + offsets  # (batch, length) frame indices
             loss = self.model.loss(frames[trial, index], actions[trial, index[:, :-1]], rewards[trial, index[:, :-1]],
                                    valid[trial, index[:, :-1]], agent.latent_weight, agent.reward_weight)
@@ -344,12 +365,11 @@ class DDMAgent:
         parameters = [*self.model.transition_net.parameters(), *self.model.reward_net.parameters()]
         optimizer = torch.optim.Adam(parameters, lr=agent.model_lr)
         length = agent.context + agent.prediction_horizon
-        count, steps = actions.shape[:2]
         offsets = torch.arange(length, device=self.device)
         history = []
         for _ in range(updates):
-            trial = torch.randint(0, count, (agent.dynamics_batch, 1), device=self.device)
-            index = torch.randint(0, steps + 2 - length, (agent.dynamics_batch, 1), device=self.device) + offsets
+            trial, start = self.sample_windows(rewards, valid, length, agent.dynamics_batch)
+            index = start + offsets
             _, latent_error, reward_error = self.model.latent_losses(
                 latents[trial, index], actions[trial, index[:, :-1]], rewards[trial, index[:, :-1]],
                 valid[trial, index[:, :-1]])
