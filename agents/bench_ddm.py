@@ -26,7 +26,7 @@ import torch
 from agents.common import make_env
 from agents.config import load_config
 from agents.ddm import DDMAgent
-from agents.run import Run
+from agents.run import Run, resolve_device
 from nets.ddm import prediction_errors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def hardware() -> dict:
 def run_seed(config_name: str, seed: int, overrides: Sequence[str], runs_dir: str) -> dict:
     """One agent run in-process (its run directory under `runs_dir`); the agent's summary plus wall time."""
     config = load_config(config_name, [f"seed={seed}", f"train.runs_dir={runs_dir}", *overrides])
-    agent = DDMAgent(config, torch.device(config.train.device if config.train.device != "auto" else "cpu"))
+    agent = DDMAgent(config, resolve_device(config.train.device))
     run = Run.create(config)
     started = time.time()
     summary = agent.train(run)

@@ -121,9 +121,14 @@ def test_policy_search_improves_imagined_return():
     assert policy(torch.tensor([[[-2.0]]])).item() > 0.5 and policy(torch.tensor([[[3.0]]])).item() < -0.5
 
 
-@pytest.mark.parametrize("controller", ["cem", "gradient", "policy"])
-def test_tiny_trial_loop_logs_every_trial_and_records_predictions(tmp_path, controller):
-    config = tiny_config(tmp_path, f"agent.controller={controller}")
+@pytest.mark.parametrize(
+    "overrides",
+    [["agent.controller=cem"], ["agent.controller=gradient"], ["agent.controller=policy"],
+     ["agent.controller=cem", "agent.stochastic=true"]],
+    ids=["cem", "gradient", "policy", "cem-stochastic"],
+)
+def test_tiny_trial_loop_logs_every_trial_and_records_predictions(tmp_path, overrides):
+    config = tiny_config(tmp_path, *overrides)
     agent = DDMAgent(config, torch.device("cpu"))
     run = Run.create(config)
     summary = agent.train(run)
