@@ -71,7 +71,7 @@ class Config:
     model_lr: float = 1e-3  # Adam learning rate of the model
     dynamics_steps: int = 1000  # then updates of the transition and reward head alone, on frozen latents (cheap)
     dynamics_batch: int = 64  # windows per dynamics-only update
-    focus: float = 0.5  # fraction of training windows drawn preferring high reward (see sample_windows)
+    focus: float = 0.0  # fraction of training windows drawn preferring high reward (see sample_windows)
     latent_weight: float = 10.0  # weight of the latent prediction error in the joint loss
     reward_weight: float = 10.0  # weight of the reward error in the joint loss
     # control
@@ -317,8 +317,9 @@ class DDMAgent:
         score = (windows - windows[usable].mean()) / windows[usable].std().clamp(min=1e-6)
         weights = torch.where(usable, score.exp(), torch.zeros_like(score)).flatten()
         focused = int(round(self.config.agent.focus * batch)) if weights.sum() > 0 else 0
-        flat = torch.cat([torch.multinomial(weights, focused, replacement=True),
-                          torch.randint(0, count * starts, (batch - focused,), device=rewards.device)])
+        flat = torch.randint(0, count * starts, (batch,), device=rewards.device)
+        if focused:
+            flat[:focused] = torch.multinomial(weights, focused, replacement=True)
         return (flat // starts).unsqueeze(1), (flat % starts).unsqueeze(1)
 
     def train_model(

@@ -214,3 +214,16 @@ def test_model_quality_comparison_fits_both_models_on_the_same_data():
     for variant in ("joint", "sequential"):
         assert set(result[variant]) == {"error_1", "error_5", "error_10", "train_s"}
         assert all(np.isfinite(value) for value in result[variant].values())
+
+
+def test_focused_window_sampling_prefers_high_reward_windows(tmp_path):
+    agent = DDMAgent(tiny_config(tmp_path, "agent.focus=1.0"), torch.device("cpu"))
+    rewards = torch.zeros(2, 40)
+    rewards[1, 30:] = 5.0  # only the end of trial 1 is rewarding
+    valid = torch.ones(2, 40)
+    trial, start = agent.sample_windows(rewards, valid, length=6, batch=400)
+    assert trial.shape == start.shape == (400, 1)
+    assert (trial == 1).float().mean() > 0.8 and (start[trial == 1] >= 25).float().mean() > 0.8
+    agent.config.agent.focus = 0.0
+    trial, start = agent.sample_windows(rewards, valid, length=6, batch=400)
+    assert 0.3 < (trial == 1).float().mean() < 0.7
