@@ -208,8 +208,11 @@ def format_figures(result: dict, indent: str = "") -> str:
             shown = f"{value:,.1f}" if isinstance(value, float) else value
             lines.append(f"{indent}{key}: {shown}")
     if "ratio" in result:
-        bound = ">" if result.get("ratio_is_lower_bound") else ""
-        lines.append(f"{indent}ratio: {bound}{result['ratio']:,.1f}x")
+        if result["ratio"] is None:
+            lines.append(f"{indent}ratio: none (neither side reached success)")
+        else:
+            bound = {"lower": ">", "upper": "<"}.get(result.get("ratio_bound"), "")
+            lines.append(f"{indent}ratio: {bound}{result['ratio']:,.1f}x")
     return "\n".join(lines)
 
 

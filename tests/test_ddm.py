@@ -227,3 +227,14 @@ def test_focused_window_sampling_prefers_high_reward_windows(tmp_path):
     agent.config.agent.focus = 0.0
     trial, start = agent.sample_windows(rewards, valid, length=6, batch=400)
     assert 0.3 < (trial == 1).float().mean() < 0.7
+
+
+@pytest.mark.parametrize(
+    ("sb3_frames", "ddm_solved", "expected"),
+    [(90_000, True, (90.0, "exact")), (None, True, (200.0, "lower")), (90_000, False, (90.0, "upper")),
+     (None, False, (None, None))],
+)
+def test_frame_ratio_says_which_way_an_unsolved_side_bounds_it(sb3_frames, ddm_solved, expected):
+    from agents.bench_ddm import frame_ratio
+
+    assert frame_ratio(sb3_frames, 200_000, 1000.0, ddm_solved) == expected
