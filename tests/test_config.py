@@ -40,6 +40,11 @@ def test_overrides_are_parsed_as_yaml_values(tmp_path):
     assert config.env.kwargs == {"image_size": 32}
 
 
+def test_exponent_floats_without_a_dot_are_numbers():
+    config = load_config("ddm_pendulum", ["agent.model_lr=2e-3"])
+    assert config.agent.model_lr == 0.002
+
+
 def test_defaults_fill_missing_sections(tmp_path):
     config = load_config(str(write(tmp_path, MINIMAL)))
     assert config.train.log_every == 1000
@@ -54,6 +59,7 @@ def test_defaults_fill_missing_sections(tmp_path):
         (MINIMAL, ["seed=abc"], "seed: expected an integer, got 'abc'"),
         (MINIMAL, ["agent.total_steps=0"], "agent.total_steps: must be >= 1"),
         (MINIMAL, ["env.num_envs=1.5"], "env.num_envs: expected an integer"),
+        ("name: x\nseed: 1\nagent: {kind: ddm, model_lr: fast}\n", [], "agent.model_lr: expected a number, got 'fast'"),
         (MINIMAL, ["agent.kind=nope"], "agent.kind: unknown agent kind 'nope'"),
         (MINIMAL, ["train.device=tpu"], "train.device: expected auto, cpu or cuda"),
         ("name: x\nagent: {kind: random}\n", [], "seed: missing required key"),
