@@ -1,4 +1,4 @@
-"""Shared torch networks: image encoders and decoders, auto-encoders, recurrent cores.
+"""Shared torch networks: image encoders and decoders, auto-encoders, recurrent cores, deep dynamical models.
 
 Every module takes its hyperparameters as keyword arguments named like the config keys, so
 `nets.build({"kind": "conv_encoder", "in_shape": [3, 64, 64], "latent_dim": 32})` and
@@ -25,6 +25,7 @@ from nets.autoencoders import (
     reconstruction_loss,
 )
 from nets.conv import ConvDecoder, ConvEncoder, MinAtarEncoder, NatureEncoder, conv_output_sizes, to_float
+from nets.ddm import DeepDynamicalModel
 from nets.mlp import ACTIVATIONS, MLP, MLPDecoder, MLPEncoder, make_activation
 from nets.rnn import RNNCore, RNNState
 
@@ -37,6 +38,7 @@ __all__ = [
     "AutoEncoderLoss",
     "ConvDecoder",
     "ConvEncoder",
+    "DeepDynamicalModel",
     "DenoisingAutoEncoder",
     "MLPDecoder",
     "MLPEncoder",
@@ -68,6 +70,7 @@ KINDS: dict[str, Callable[..., nn.Module]] = {
     "denoising_autoencoder": DenoisingAutoEncoder,
     "stacked_autoencoder": StackedAutoEncoder,
     "variational_autoencoder": VariationalAutoEncoder,
+    "ddm": DeepDynamicalModel,
 }
 
 

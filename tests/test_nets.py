@@ -298,6 +298,7 @@ def test_rnn_rejects_unknown_cell_and_bad_resets() -> None:
 
 
 BUILD_CONFIGS = {
+    "ddm": {"kind": "ddm", "obs_shape": [1, 40, 40], "action_dim": 1, "action_bound": 2.0, "latent_dim": 3},
     "conv_encoder": {"kind": "conv_encoder", "in_shape": [3, 40, 40], "channels": [8, 16], "latent_dim": 8},
     "conv_decoder": {"kind": "conv_decoder", "out_shape": [3, 40, 40], "latent_dim": 8, "channels": [16, 8]},
     "nature_encoder": {"kind": "nature_encoder", "in_shape": [4, 84, 84]},
@@ -336,7 +337,9 @@ def test_build_makes_each_kind_from_its_config(kind: str) -> None:
     config = BUILD_CONFIGS[kind]
     module = nets.build(config)
     assert isinstance(module, nets.KINDS[kind])
-    if "in_shape" in config or "encoder" in config:
+    if kind == "ddm":
+        assert module.encode(torch.zeros(2, 1, 40, 40, dtype=torch.uint8)).shape == (2, 3)
+    elif "in_shape" in config or "encoder" in config:
         in_shape = config.get("in_shape") or config["encoder"]["in_shape"]
         output = module(torch.rand(2, *in_shape))
         expected = (2, *in_shape) if "encoder" in config or kind == "stacked_autoencoder" else (2, module.features_dim)
