@@ -9,6 +9,7 @@ batches of states ``(batch, state_dim) float64`` (NumPy arrays, or torch tensors
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import gymnasium as gym
@@ -40,7 +41,7 @@ def upscale_to_rgb(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
-class Task:
+class Task(ABC):
     """A task's batched core. Subclasses set the spaces and implement the methods below.
 
     Attributes:
@@ -53,22 +54,22 @@ class Task:
     action_space: spaces.Space
     image_size: tuple[int, int]
 
+    @abstractmethod
     def sample_start(self, rng: np.random.Generator, count: int, options: dict | None) -> np.ndarray:
         """Start states (count, state_dim) float64 drawn from ``rng`` (``options`` may fix them)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def step(self, state: Array, action: Array) -> tuple[Array, Array, Array]:
         """(batch, state_dim), (batch, *action_shape) -> next state, reward (batch,) float32,
         terminated (batch,) bool."""
-        raise NotImplementedError
 
+    @abstractmethod
     def render(self, state: Array, height: int, width: int) -> Array:
         """(batch, state_dim) -> (batch, height, width) uint8 frames."""
-        raise NotImplementedError
 
+    @abstractmethod
     def info(self, state: Array) -> dict[str, Array]:
         """Per-state facts for ``info``: each (batch,)."""
-        raise NotImplementedError
 
     @property
     def observation_space(self) -> spaces.Box:
