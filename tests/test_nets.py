@@ -410,6 +410,7 @@ class TinyPixelEnv(gym.Env):
 )
 def test_sb3_ppo_runs_with_pixel_encoder_extractor(env_kwargs: dict, extractor_kwargs: dict) -> None:
     from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import Logger
 
     from nets.sb3 import PixelEncoderExtractor
 
@@ -430,6 +431,7 @@ def test_sb3_ppo_runs_with_pixel_encoder_extractor(env_kwargs: dict, extractor_k
     extractor = model.policy.features_extractor
     assert isinstance(extractor, PixelEncoderExtractor)
     assert extractor.features_dim == extractor.encoder.features_dim
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default logger leaves a folder in /tmp
     model.learn(total_timesteps=256)
     assert model.num_timesteps >= 256
 
