@@ -14,18 +14,20 @@ when a DDM seed never succeeded (its frames used stand in, "less than"); null, w
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from agents.common import make_env
-from agents.config import load_config
+from agents.config import ConfigError, load_config
 from agents.ddm import DDMAgent
 from agents.run import Run, resolve_device
 from nets.ddm import prediction_errors
@@ -44,8 +46,12 @@ def hardware() -> dict:
     return info
 
 
-def run_seed(config_name: str, seed: int, overrides: Sequence[str], runs_dir: str) -> dict:
-    """One agent run in-process (its run directory under `runs_dir`); the agent's summary plus wall time."""
+def run_seed(config_name: str, seed: int, overrides: Sequence[str], runs_dir: str, threads: int | None = None) -> dict:
+    """One agent run in-process (its run directory under `runs_dir`); the agent's summary plus wall time.
+
+    `threads` sets torch's thread count first (parallel seeds share the cores: one thread each)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     config = load_config(config_name, [f"seed={seed}", f"train.runs_dir={runs_dir}", *overrides])
     agent = DDMAgent(config, resolve_device(config.train.device))
     run = Run.create(config)
@@ -110,13 +116,24 @@ def bench_ddm(
     config: str = "ddm_pendulum",
     overrides: Sequence[str] = (),
     model_quality: bool = True,
+    jobs: int = 1,
 ) -> dict:
-    """Trials to success per seed, frames, wall time per trial, SB3's figures and the frame ratio."""
+    """Trials to success per seed, frames, wall time per trial, SB3's figures and the frame ratio.
+
+    `jobs` > 1 runs that many seeds at once in worker processes, each with one torch thread (so wall times
+    per trial are those of one core, with the other jobs beside it)."""
+    if jobs < 1 or seeds < 1:
+        raise ConfigError(f"--jobs and --seeds: must be >= 1, got {jobs} and {seeds}")
     overrides = [*overrides] + ([f"agent.controller={controller}"] if controller else [])
     per_seed = []
     with tempfile.TemporaryDirectory() as runs_dir:
-        for seed in range(seeds):
-            summary = run_seed(config, seed, overrides, runs_dir)
+        if jobs > 1:
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                summaries = list(pool.map(run_seed, [config] * seeds, range(seeds), [overrides] * seeds,
+                                          [runs_dir] * seeds, [1] * seeds))
+        else:
+            summaries = [run_seed(config, seed, overrides, runs_dir) for seed in range(seeds)]
+        for seed, summary in enumerate(summaries):
             success = summary["success_trial"]
             per_seed.append({"seed": seed, "trials_to_success": None if success is None else success + 1,
                              "frames": summary["frames"], "wall_s": summary["wall_s"],
@@ -133,6 +150,7 @@ def bench_ddm(
         "ddm_frames_mean": ddm_frames,
         "wall_per_trial_s": float(np.mean([item["wall_per_trial_s"] for item in per_seed])),
         "wall_per_seed_s": [round(item["wall_s"], 1) for item in per_seed],
+        "jobs": jobs,
         "hardware": hardware(),
     }
     sb3 = rerun_sb3_baseline() if rerun_sb3 else read_sb3_result()

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="override the config's controller")
     bench_ddm.add_argument("--rerun-sb3", action="store_true",
                            help="retrain the SB3 baseline (about 20 minutes) instead of reusing its stored result")
+    bench_ddm.add_argument("--jobs", type=int, default=1,
+                           help="seeds run at once, in worker processes with one torch thread each (default 1)")
     bench_ddm.add_argument("--no-model-quality", dest="model_quality", action="store_false",
                            help="skip the joint-vs-separate model comparison")
     for sub in (bench_envs, bench_ddm):

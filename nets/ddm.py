@@ -87,6 +87,7 @@ class DeepDynamicalModel(nn.Module):
         reward_hidden: Sequence[int] = (64, 64),
         stochastic: bool = False,
         min_std: float = 0.01,
+        inertia: bool = False,
     ) -> None:
         super().__init__()
         if encoder not in ENCODERS:
@@ -99,6 +100,9 @@ class DeepDynamicalModel(nn.Module):
         self.context = context
         self.stochastic = stochastic
         self.min_std = min_std
+        if inertia and context < 2:
+            raise ValueError("DeepDynamicalModel: inertia needs a context of at least 2 latents")
+        self.inertia = inertia
         bound = torch.as_tensor(action_bound, dtype=torch.float32).expand(action_dim).clone()
         self.register_buffer("action_bound", bound)
         if encoder == "mlp":
@@ -135,6 +139,8 @@ class DeepDynamicalModel(nn.Module):
         inputs = torch.cat([history.flatten(-2), action / self.action_bound], dim=-1)
         output = self.transition_net(inputs)
         last = history[..., -1, :]
+        if self.inertia:  # the network predicts the change of the latent velocity (its acceleration)
+            last = last + (last - history[..., -2, :])
         if not self.stochastic:
             return Transition(last + output, torch.zeros_like(last))
         delta, std = output.chunk(2, dim=-1)

@@ -48,6 +48,23 @@ def test_model_shapes(encoder, hidden, stochastic):
     assert torch.all(predictions[2, :4] == 0) and torch.all(predictions[2, 4:] > 0)
 
 
+def test_inertia_transition_keeps_the_latent_velocity_when_its_network_adds_nothing():
+    model = DeepDynamicalModel(OBS_SHAPE, 1, 2.0, latent_dim=2, context=2, inertia=True, encoder_hidden=(16,))
+    last = model.transition_net.layers[-1]
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    history = torch.tensor([[[0.0, 1.0], [0.5, 0.8]]])
+    rollout = model.imagine(history, torch.ones(1, 3, 1))
+    # Constant velocity (0.5, -0.2) per step: the pole keeps turning unless the network predicts a force.
+    assert torch.allclose(rollout, torch.tensor([[[1.0, 0.6], [1.5, 0.4], [2.0, 0.2]]]))
+    plain = DeepDynamicalModel(OBS_SHAPE, 1, 2.0, latent_dim=2, context=2, encoder_hidden=(16,))
+    nn.init.zeros_(plain.transition_net.layers[-1].weight)
+    nn.init.zeros_(plain.transition_net.layers[-1].bias)
+    assert torch.allclose(plain.imagine(history, torch.ones(1, 3, 1)), history[:, 1:].expand(1, 3, 2))
+    with pytest.raises(ValueError, match="inertia needs a context of at least 2"):
+        DeepDynamicalModel(OBS_SHAPE, 1, 2.0, latent_dim=2, context=1, inertia=True)
+
+
 def moving_dot_data(count: int, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frames of a dot moved left/right by the action, and reward = -|position|: (count, length, 1, 40, 40)."""
     generator = torch.Generator().manual_seed(0)
@@ -149,6 +166,30 @@ def test_tiny_trial_loop_logs_every_trial_and_records_predictions(tmp_path, over
     assert int(episode["trial"]) == 2
 
 
+@pytest.mark.parametrize("refit, fresh_fits", [(True, [True, True]), (False, [True, False])])
+def test_refit_from_scratch_fits_a_freshly_initialised_model_before_every_controlled_trial(
+        tmp_path, monkeypatch, refit, fresh_fits):
+    config = tiny_config(tmp_path, f"agent.refit_from_scratch={str(refit).lower()}")
+    agent = DDMAgent(config, torch.device("cpu"))
+    fitted: list[dict] = []  # the encoder's weights after each fit (the dynamics-only fit leaves them alone)
+    seen: list[bool] = []  # whether each fit started from weights no earlier fit produced
+    fit = agent.train_model
+
+    def watched(updates, *args, **kwargs):
+        weights = {name: value.clone() for name, value in agent.model.encoder.state_dict().items()}
+        seen.append(not any(all(torch.equal(weights[name], old[name]) for name in weights) for old in fitted))
+        assert updates == (config.agent.first_train_steps if seen[-1] else config.agent.train_steps)
+        result = fit(updates, *args, **kwargs)
+        fitted.append({name: value.clone() for name, value in agent.model.encoder.state_dict().items()})
+        return result
+
+    monkeypatch.setattr(agent, "train_model", watched)
+    run = Run.create(config)
+    agent.train(run)
+    run.close()
+    assert seen == fresh_fits
+
+
 def test_checkpoint_round_trip_gives_the_same_predictions_and_resumes_at_the_next_trial(tmp_path):
     config = tiny_config(tmp_path, "agent.trials=2")
     agent = DDMAgent(config, torch.device("cpu"))
@@ -182,6 +223,11 @@ def test_config_rejects_bad_input_naming_the_key(tmp_path, override, key):
         tiny_config(tmp_path, override)
 
 
+def test_inertia_without_a_velocity_in_the_context_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="agent.inertia"):
+        tiny_config(tmp_path, "agent.inertia=true", "agent.context=1")
+
+
 def test_action_bound_of_the_wrong_shape_is_rejected_before_anything_is_written(tmp_path):
     config = tiny_config(tmp_path, "agent.action_bound=[1.0, 2.0]")
     with pytest.raises(ConfigError, match="agent.action_bound"):
@@ -205,6 +251,15 @@ def test_bench_reports_trials_frames_and_the_sb3_ratio():
     assert result["frames_per_seed"] == [60, 60] and len(result["trials_to_success"]) == 2
     assert result["wall_per_trial_s"] > 0 and result["hardware"]["cpu_count"] >= 1
     assert result["ratio"] == pytest.approx(result["sb3"]["frames_to_first_success"] / 60)
+
+
+def test_bench_seeds_in_parallel_jobs_give_the_same_results_as_one_after_another():
+    from agents.bench_ddm import bench_ddm
+
+    sequential = bench_ddm(seeds=2, config="ddm_pendulum_tiny", model_quality=False)
+    parallel = bench_ddm(seeds=2, config="ddm_pendulum_tiny", model_quality=False, jobs=2)
+    assert parallel["jobs"] == 2 and parallel["frames_per_seed"] == sequential["frames_per_seed"]
+    assert parallel["trials_to_success"] == sequential["trials_to_success"]
 
 
 def test_model_quality_comparison_fits_both_models_on_the_same_data():
