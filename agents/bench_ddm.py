@@ -151,7 +151,7 @@ def bench_ddm(
         "wall_per_trial_s": float(np.mean([item["wall_per_trial_s"] for item in per_seed])),
         "wall_per_seed_s": [round(item["wall_s"], 1) for item in per_seed],
         "jobs": jobs,
-        "hardware": hardware(),
+        "hardware": {**hardware(), **({"torch_threads": 1} if jobs > 1 else {})},  # per job
     }
     sb3 = rerun_sb3_baseline() if rerun_sb3 else read_sb3_result()
     if sb3 is not None:
