@@ -190,6 +190,23 @@ def test_refit_from_scratch_fits_a_freshly_initialised_model_before_every_contro
     assert seen == fresh_fits
 
 
+def test_latent_warmup_leaves_the_latent_term_out_of_the_first_updates_of_a_fit_from_scratch(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, "agent.latent_warmup=0.4", "agent.first_train_steps=5", "agent.trials=2")
+    agent = DDMAgent(config, torch.device("cpu"))
+    weights: list[float] = []
+    loss = agent.model.loss
+
+    def watched(*args, **kwargs):
+        weights.append(args[4])
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(agent.model, "loss", watched)
+    run = Run.create(config)
+    agent.train(run)
+    run.close()
+    assert weights == [0.0, 0.0] + [config.agent.latent_weight] * 3
+
+
 def test_checkpoint_round_trip_gives_the_same_predictions_and_resumes_at_the_next_trial(tmp_path):
     config = tiny_config(tmp_path, "agent.trials=2")
     agent = DDMAgent(config, torch.device("cpu"))
@@ -216,6 +233,7 @@ def test_checkpoint_round_trip_gives_the_same_predictions_and_resumes_at_the_nex
         ("agent.latent_dim=0", "agent.latent_dim"),
         ("agent.elites=50", "agent.elites"),
         ("agent.action_bound=[]", "agent.action_bound"),
+        ("agent.latent_warmup=1.0", "agent.latent_warmup"),
     ],
 )
 def test_config_rejects_bad_input_naming_the_key(tmp_path, override, key):
