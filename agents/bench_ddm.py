@@ -163,12 +163,13 @@ def bench_ddm(
             result["ratio_vs_sb3_first_training_success"] = (
                 sb3["frames_to_first_training_success"] / ddm_frames if result["ratio_bound"] else None)
     if model_quality:
-        result["model_quality"] = compare_model_quality(config=config)
+        result["model_quality"] = compare_model_quality(config=config, overrides=overrides)
     return result
 
 
 def compare_model_quality(
     config: str = "ddm_pendulum",
+    overrides: Sequence[str] = (),
     seed: int = 0,
     train_trials: int = 5,
     test_trials: int = 2,
@@ -180,10 +181,12 @@ def compare_model_quality(
 
     joint:       the DDM's joint loss (reconstruction + multi-step latent and pixel prediction + reward)
     sequential:  the auto-encoder alone (reconstruction), then the transition and reward on its frozen latents
+
+    `overrides` (the bench's) shape both models' networks alike.
     """
     results = {}
     for variant in ("joint", "sequential"):
-        run_config = load_config(config, [f"seed={seed}"])
+        run_config = load_config(config, [*overrides, f"seed={seed}"])
         agent = DDMAgent(run_config, torch.device("cpu"))
         env = make_env(run_config)
         trials = [agent.play(env, seed=seed * 1000 + index, controlled=False)

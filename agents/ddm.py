@@ -48,7 +48,7 @@ from agents.common import env_fps, make_env
 from agents.config import ConfigError, RunConfig
 from agents.run import Run, generator_state, rng_state, set_generator_state, set_rng_state
 from nets.ddm import DeepDynamicalModel, prediction_errors
-from nets.mlp import MLP
+from nets.mlp import ACTIVATIONS, MLP
 
 CONTROLLERS = ("cem", "gradient", "policy")
 ERROR_STEPS = (1, 5, 10)  # model prediction errors logged per trial, in steps ahead
@@ -75,6 +75,7 @@ class Config:
     reward_hidden: list[int] = field(default_factory=lambda: [64, 64])  # reward head MLP sizes
     stochastic: bool = False  # Gaussian latent transition (the probabilistic variant)
     inertia: bool = False  # transition predicts the latent's acceleration: z' = 2 z - z_prev + f(...)
+    activation: str = "elu"  # hidden activation of all the model's networks (silu: as smooth, ~2x cheaper on a CPU)
     # model training
     prediction_horizon: int = 10  # open-loop steps in the joint loss
     batch_size: int = 16  # windows per update
@@ -111,6 +112,9 @@ class Config:
         if self.controller not in CONTROLLERS:
             raise ConfigError(f"agent.controller: unknown controller {self.controller!r} "
                               f"(choose one of {', '.join(CONTROLLERS)})")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"agent.activation: unknown activation {self.activation!r} "
+                              f"(choose one of {', '.join(sorted(ACTIVATIONS))})")
         if self.encoder not in ("mlp", "conv"):
             raise ConfigError(f"agent.encoder: expected 'mlp' or 'conv', got {self.encoder!r}")
         if self.latent_dim < 1:
@@ -303,6 +307,7 @@ class DDMAgent:
             self.obs_shape, self.action_dim, self.bound.cpu(), latent_dim=agent.latent_dim, context=agent.context,
             encoder=agent.encoder, encoder_hidden=agent.encoder_hidden, transition_hidden=agent.transition_hidden,
             reward_hidden=agent.reward_hidden, stochastic=agent.stochastic, inertia=agent.inertia,
+            activation=agent.activation,
         ).to(self.device)
         self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=agent.model_lr)
         self.policy = Policy(agent.context, agent.latent_dim, self.bound, agent.policy_hidden).to(self.device)

@@ -48,6 +48,15 @@ def test_model_shapes(encoder, hidden, stochastic):
     assert torch.all(predictions[2, :4] == 0) and torch.all(predictions[2, 4:] > 0)
 
 
+@pytest.mark.parametrize("encoder, hidden", [("mlp", (32,)), ("conv", (8, 16))])
+def test_activation_reaches_every_network_of_the_model(encoder, hidden):
+    model = DeepDynamicalModel(OBS_SHAPE, 1, 2.0, latent_dim=3, encoder=encoder, encoder_hidden=hidden,
+                               activation="silu")
+    for net in (model.encoder, model.decoder, model.transition_net, model.reward_net):
+        kinds = {type(module) for module in net.modules()}
+        assert nn.SiLU in kinds and nn.ELU not in kinds, f"{type(net).__name__}: {kinds}"
+
+
 def test_inertia_transition_keeps_the_latent_velocity_when_its_network_adds_nothing():
     model = DeepDynamicalModel(OBS_SHAPE, 1, 2.0, latent_dim=2, context=2, inertia=True, encoder_hidden=(16,))
     last = model.transition_net.layers[-1]
@@ -234,6 +243,7 @@ def test_checkpoint_round_trip_gives_the_same_predictions_and_resumes_at_the_nex
         ("agent.elites=50", "agent.elites"),
         ("agent.action_bound=[]", "agent.action_bound"),
         ("agent.latent_warmup=1.0", "agent.latent_warmup"),
+        ("agent.activation=swish", "agent.activation"),
     ],
 )
 def test_config_rejects_bad_input_naming_the_key(tmp_path, override, key):
