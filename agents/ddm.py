@@ -76,6 +76,8 @@ class Config:
     stochastic: bool = False  # Gaussian latent transition (the probabilistic variant)
     inertia: bool = False  # transition predicts the latent's acceleration: z' = 2 z - z_prev + f(...)
     activation: str = "elu"  # hidden activation of all the model's networks (silu: as smooth, ~2x cheaper on a CPU)
+    latent_grad: bool = True  # the latent prediction term also trains the encoder; false: the transition only
+    # (the encoder is shaped for prediction by the pixel prediction term alone, which cannot collapse it)
     # model training
     prediction_horizon: int = 10  # open-loop steps in the joint loss
     batch_size: int = 16  # windows per update
@@ -307,7 +309,7 @@ class DDMAgent:
             self.obs_shape, self.action_dim, self.bound.cpu(), latent_dim=agent.latent_dim, context=agent.context,
             encoder=agent.encoder, encoder_hidden=agent.encoder_hidden, transition_hidden=agent.transition_hidden,
             reward_hidden=agent.reward_hidden, stochastic=agent.stochastic, inertia=agent.inertia,
-            activation=agent.activation,
+            activation=agent.activation, latent_grad=agent.latent_grad,
         ).to(self.device)
         self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=agent.model_lr)
         self.policy = Policy(agent.context, agent.latent_dim, self.bound, agent.policy_hidden).to(self.device)

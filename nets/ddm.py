@@ -72,6 +72,9 @@ class DeepDynamicalModel(nn.Module):
         inertia: the transition predicts the latent's acceleration (`z' = 2 z - z_prev + f(...)`).
         activation: hidden activation of every network (a name from `nets.mlp.ACTIVATIONS`); ELU is the
             paper-era choice, SiLU is as smooth and ~2x cheaper on a CPU, ReLU far cheaper.
+        latent_grad: the latent prediction term of the joint loss also trains the encoder (through the
+            latents it predicts from). False: it trains the transition alone, and the encoder learns to be
+            predictable through the pixel prediction term only, which cannot pull the latents to a point.
 
     Shapes: observations `(..., C, H, W)` uint8 (or float in [0, 1]); latents `(..., latent_dim)`;
     actions `(..., action_dim)`; histories `(..., context, latent_dim)`.
@@ -92,6 +95,7 @@ class DeepDynamicalModel(nn.Module):
         min_std: float = 0.01,
         inertia: bool = False,
         activation: str = "elu",
+        latent_grad: bool = True,
     ) -> None:
         super().__init__()
         if encoder not in ENCODERS:
@@ -107,6 +111,7 @@ class DeepDynamicalModel(nn.Module):
         if inertia and context < 2:
             raise ValueError("DeepDynamicalModel: inertia needs a context of at least 2 latents")
         self.inertia = inertia
+        self.latent_grad = latent_grad
         bound = torch.as_tensor(action_bound, dtype=torch.float32).expand(action_dim).clone()
         self.register_buffer("action_bound", bound)
         if encoder == "mlp":
@@ -206,6 +211,8 @@ class DeepDynamicalModel(nn.Module):
         latents = self.encode(images)  # (batch, length, latent_dim)
         reconstruction = _bernoulli_nll(self.decode(latents), images)
         predicted, prediction_latent, reward_error = self.latent_losses(latents, actions, rewards, reward_mask)
+        if not self.latent_grad:  # the same rollout from latents without gradients to the encoder
+            prediction_latent = self.latent_losses(latents.detach(), actions, rewards, reward_mask)[1]
         prediction_pixels = _bernoulli_nll(self.decode(predicted), images[:, self.context :])
         total = reconstruction + prediction_pixels + latent_weight * prediction_latent + reward_weight * reward_error
         return DDMLoss(total, reconstruction, prediction_pixels, prediction_latent, reward_error)

@@ -74,6 +74,23 @@ def test_inertia_transition_keeps_the_latent_velocity_when_its_network_adds_noth
         DeepDynamicalModel(OBS_SHAPE, 1, 2.0, latent_dim=2, context=1, inertia=True)
 
 
+@pytest.mark.parametrize("latent_grad", [True, False])
+def test_latent_grad_false_keeps_the_latent_prediction_term_out_of_the_encoder(latent_grad):
+    torch.manual_seed(0)
+    frames, actions, rewards = moving_dot_data(4, 6)
+    model = DeepDynamicalModel(OBS_SHAPE, 1, 1.0, latent_dim=2, encoder_hidden=(16,), latent_grad=latent_grad)
+    loss = model.loss(frames, actions, rewards)
+    loss.prediction_latent.backward(retain_graph=True)
+    encoder_grad = sum(parameter.grad.abs().sum() for parameter in model.encoder.parameters()
+                       if parameter.grad is not None)
+    transition_grad = sum(parameter.grad.abs().sum() for parameter in model.transition_net.parameters())
+    assert transition_grad > 0
+    assert (encoder_grad > 0) == latent_grad
+    model.zero_grad()
+    loss.prediction_pixels.backward()  # the encoder is still shaped for prediction through the pixels
+    assert sum(parameter.grad.abs().sum() for parameter in model.encoder.parameters()) > 0
+
+
 def moving_dot_data(count: int, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frames of a dot moved left/right by the action, and reward = -|position|: (count, length, 1, 40, 40)."""
     generator = torch.Generator().manual_seed(0)
