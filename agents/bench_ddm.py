@@ -125,6 +125,7 @@ def bench_ddm(
     if jobs < 1 or seeds < 1:
         raise ConfigError(f"--jobs and --seeds: must be >= 1, got {jobs} and {seeds}")
     overrides = [*overrides] + ([f"agent.controller={controller}"] if controller else [])
+    agent_config = load_config(config, overrides).agent  # bad overrides fail here, before any seed runs
     per_seed = []
     with tempfile.TemporaryDirectory() as runs_dir:
         if jobs > 1:
@@ -143,7 +144,7 @@ def bench_ddm(
     # A seed that never succeeded counts with all its frames, fewer than it would need.
     ddm_frames = float(np.mean([item["frames"] for item in per_seed]))
     result = {
-        "config": config, "controller": controller or load_config(config).agent.controller,
+        "config": config, "controller": agent_config.controller, "overrides": list(overrides),
         "seeds": seeds, "solved_seeds": len(solved),
         "trials_to_success": [item["trials_to_success"] for item in per_seed],
         "frames_per_seed": [item["frames"] for item in per_seed],

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="seeds run at once, in worker processes with one torch thread each (default 1)")
     bench_ddm.add_argument("--no-model-quality", dest="model_quality", action="store_false",
                            help="skip the joint-vs-separate model comparison")
+    bench_ddm.add_argument("overrides", nargs="*",
+                           help="key.sub=value overrides of configs/ddm_pendulum.yaml for every seed")
     for sub in (bench_envs, bench_ddm):
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         sub.set_defaults(handler=cmd_bench)

@@ -100,6 +100,7 @@ def test_eval_prints_mean_and_spread_of_the_latest_checkpoint(tmp_path, capsys):
         (["train", "random_pendulum", "env.kwargs.colour=1"], "env.kwargs:"),
         (["eval", "not_a_run"], "not_a_run: no such run directory"),
         (["train", "--resume", "."], "not a run directory (no config.yaml)"),
+        (["bench", "ddm", "agent.planing_horizon=5"], "agent.planing_horizon: unknown key"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expected):
