@@ -119,7 +119,8 @@ class DeepDynamicalModel(nn.Module):
             self.decoder = MLPDecoder(self.obs_shape, latent_dim, hidden=tuple(reversed(encoder_hidden)),
                                       activation=activation)
         else:
-            self.encoder = ConvEncoder(self.obs_shape, channels=encoder_hidden, latent_dim=latent_dim, activation=activation)
+            self.encoder = ConvEncoder(self.obs_shape, channels=encoder_hidden, latent_dim=latent_dim,
+                                       activation=activation)
             self.decoder = ConvDecoder(self.obs_shape, latent_dim, channels=tuple(reversed(encoder_hidden)),
                                        activation=activation)
         out_dim = 2 * latent_dim if stochastic else latent_dim

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from agents.common import make_env
 from agents.config import ConfigError, load_config
 from agents.ddm import DDMAgent, Policy, cem_plan, gradient_plan, imagined_return, improve_policy
 from agents.run import Run, checkpoint_paths, load_checkpoint, load_episode
@@ -233,6 +234,50 @@ def test_latent_warmup_leaves_the_latent_term_out_of_the_first_updates_of_a_fit_
     assert weights == [0.0, 0.0] + [config.agent.latent_weight] * 3
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_each_fit_starts_at_model_lr_and_a_cosine_schedule_decays_it_to_zero(tmp_path, schedule):
+    config = tiny_config(tmp_path, f"agent.model_lr_schedule={schedule}", "agent.model_lr=0.01")
+    agent = DDMAgent(config, torch.device("cpu"))
+    agent.trials.append(agent.play(make_env(config), seed=0, controlled=False))
+    rates: list[float] = []
+    loss = agent.model.loss
+
+    def watched(*args, **kwargs):  # called once per update, before the step that uses this rate
+        rates.append(agent.model_optimizer.param_groups[0]["lr"])
+        return loss(*args, **kwargs)
+
+    agent.model.loss = watched
+    for _ in range(2):  # a warm-started optimiser starts its next fit at model_lr again
+        agent.train_model(10)
+        assert rates[0] == pytest.approx(0.01)
+        if schedule == "cosine":
+            assert rates == sorted(rates, reverse=True) and rates[-1] < 0.001
+        else:
+            assert rates == [pytest.approx(0.01)] * 10
+        rates.clear()
+
+
+def test_fits_keeps_the_model_with_the_lowest_pixel_score_of_several_fits_from_scratch(tmp_path):
+    config = tiny_config(tmp_path, "agent.fits=3", "agent.trials=2")
+    agent = DDMAgent(config, torch.device("cpu"))
+    scored: list[tuple[float, DeepDynamicalModel]] = []
+    score = agent.pixel_score
+
+    def watched():
+        scored.append((score(), agent.model))
+        return scored[-1][0]
+
+    agent.pixel_score = watched
+    run = Run.create(config)
+    agent.train(run)
+    run.close()
+    assert len(scored) == 3 and len({id(model) for _, model in scored}) == 3  # three distinct fits
+    _, model = min(scored, key=lambda item: item[0])
+    assert agent.model is model  # the one with the lowest score, whichever fit it was
+    rows = (run.dir / "metrics.csv").read_text().splitlines()
+    assert "train/fit_score" in rows[0].split(",")
+
+
 def test_checkpoint_round_trip_gives_the_same_predictions_and_resumes_at_the_next_trial(tmp_path):
     config = tiny_config(tmp_path, "agent.trials=2")
     agent = DDMAgent(config, torch.device("cpu"))
@@ -261,6 +306,8 @@ def test_checkpoint_round_trip_gives_the_same_predictions_and_resumes_at_the_nex
         ("agent.action_bound=[]", "agent.action_bound"),
         ("agent.latent_warmup=1.0", "agent.latent_warmup"),
         ("agent.activation=swish", "agent.activation"),
+        ("agent.fits=0", "agent.fits"),
+        ("agent.model_lr_schedule=step", "agent.model_lr_schedule"),
     ],
 )
 def test_config_rejects_bad_input_naming_the_key(tmp_path, override, key):
