@@ -110,6 +110,7 @@ class Config:
     candidates: int = 500  # action sequences scored at once (cem, gradient)
     elites: int = 50  # best sequences refitted each CEM iteration
     cem_iterations: int = 5  # CEM refits per action
+    particles: int = 8  # sampled rollouts per CEM candidate of a stochastic model, their mean return its score
     gradient_iterations: int = 10  # Adam steps on the action sequences per action (gradient)
     gradient_lr: float = 0.1  # Adam learning rate of the action sequences (gradient)
     exploration_noise: float = 0.0  # Gaussian noise (fraction of the bound) added to acted actions
@@ -135,7 +136,7 @@ class Config:
         if self.latent_dim < 1:
             raise ConfigError(f"agent.latent_dim: the decoder needs a latent of at least 1 dim, got {self.latent_dim}")
         for key in ("trials", "fits", "trial_steps", "context", "prediction_horizon", "batch_size", "planning_horizon",
-                    "candidates", "elites", "cem_iterations", "gradient_iterations", "policy_horizon",
+                    "candidates", "elites", "cem_iterations", "particles", "gradient_iterations", "policy_horizon",
                     "policy_batch", "random_hold", "dynamics_batch"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"agent.{key}: must be >= 1, got {getattr(self, key)}")
@@ -183,19 +184,26 @@ def cem_plan(
     elites: int,
     iterations: int,
     generator: torch.Generator | None = None,
+    particles: int = 1,
 ) -> torch.Tensor:
     """Cross-entropy method over action sequences, scored by the model's summed predicted rewards.
+
+    A stochastic model scores each sequence by the mean return of `particles` sampled rollouts (as PETS
+    does): scored on one sample each, the elites are the luckiest draws, which favours the sequences whose
+    outcome the model is least sure of.
 
     Shapes: `history (context, latent_dim)`, `mean (horizon, action_dim)` (the initial mean, e.g. the last
     plan shifted), `bound (action_dim,)` -> the refitted mean `(horizon, action_dim)`, within the bound.
     """
     std = bound.expand_as(mean).clone()
-    histories = history.expand(candidates, *history.shape)
+    particles = particles if model.stochastic else 1
+    histories = history.expand(particles * candidates, *history.shape)
     for _ in range(iterations):
         noise = torch.randn(candidates, *mean.shape, generator=generator, device=mean.device)
         actions = torch.maximum(torch.minimum(mean + std * noise, bound), -bound)
         actions[0] = torch.maximum(torch.minimum(mean, bound), -bound)  # the mean itself competes: never worse
-        returns = model.reward(model.imagine(histories, actions, sample=True)).sum(-1)
+        rollouts = model.imagine(histories, actions.repeat(particles, 1, 1), sample=True)
+        returns = model.reward(rollouts).sum(-1).view(particles, candidates).mean(0)
         best = actions[returns.topk(elites).indices]
         mean, std = best.mean(0), best.std(0) + 1e-3 * bound
     return mean
@@ -519,7 +527,7 @@ class DDMAgent:
                 self.plan = torch.zeros(agent.planning_horizon, self.bound.numel(), device=self.device)
             if agent.controller == "cem":
                 plan = cem_plan(self.model, history, self.plan, self.bound, agent.candidates, agent.elites,
-                                agent.cem_iterations)
+                                agent.cem_iterations, particles=agent.particles)
             else:
                 plan = gradient_plan(self.model, history, self.plan, self.bound, agent.candidates,
                                      agent.gradient_iterations, agent.gradient_lr)

@@ -120,6 +120,20 @@ def test_joint_training_loss_falls():
     assert loss.prediction_pixels.item() < 0.3 * first.prediction_pixels.item()
 
 
+def test_stochastic_training_rollout_carries_the_means_and_scores_the_spread_against_their_error():
+    torch.manual_seed(0)
+    model = DeepDynamicalModel(OBS_SHAPE, 1, 2.0, latent_dim=3, context=2, encoder_hidden=(32,), stochastic=True,
+                               inertia=True)
+    latents, actions, rewards = torch.randn(4, 7, 3), torch.randn(4, 6, 1), torch.randn(4, 6)
+    first = model.latent_losses(latents, actions, rewards)
+    second = model.latent_losses(latents, actions, rewards)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])  # no sampling in training
+    history = latents[:, :2]
+    for step in range(5):  # the predictions are the open-loop means
+        history = model.step(history, actions[:, 1 + step])
+        assert torch.allclose(first[0][:, step], history[:, -1])
+
+
 class LinearModel(nn.Module):
     """A known latent system for the planners: z' = z + a, reward = -(z - 1.5)^2 (1-d, context 1)."""
 
@@ -142,6 +156,28 @@ def test_cem_finds_the_best_action_sequence_of_a_known_system():
                     elites=50, iterations=8)
     assert torch.allclose(plan[:, 0], torch.tensor([1.0, 0.5, 0.0]), atol=0.1)
     assert plan.abs().max() <= 1.0
+
+
+class GambleModel(LinearModel):
+    """A stochastic toy: a negative action gains 1 for sure, a non-negative one 0 on average but +-3 (sampled)."""
+
+    stochastic = True
+
+    def imagine(self, history: torch.Tensor, actions: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        gamble = 3.0 * torch.randn_like(actions) if sample else torch.zeros_like(actions)
+        return history[..., -1:, :] + torch.where(actions < 0, torch.ones_like(actions), gamble).cumsum(-2)
+
+    def reward(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents[..., 0]
+
+
+def test_cem_on_a_stochastic_model_scores_the_mean_of_particles_not_the_luckiest_sample():
+    torch.manual_seed(0)
+    args = (GambleModel(), torch.zeros(1, 1), torch.zeros(3, 1), torch.ones(1))
+    one = cem_plan(*args, candidates=500, elites=50, iterations=5, particles=1)
+    many = cem_plan(*args, candidates=500, elites=50, iterations=5, particles=64)
+    assert torch.all(many < 0)  # the sure gain
+    assert not torch.all(one < 0)  # one sample per sequence: the elites are lucky gambles
 
 
 def test_gradient_planner_finds_the_best_action_sequence_of_a_known_system():
