@@ -418,23 +418,22 @@ class DDMAgent:
 
     def fit_from_scratch(self, fresh_model: bool = True) -> dict[str, float]:
         """`fits` fits of freshly initialised models (the first keeps the current model if not `fresh_model`);
-        the one with the lowest pixel loss on the same windows is kept. Returns its training losses, plus
-        `train/fit_scores` (each fit's score, in order) and `train/fit_chosen` when there is more than one."""
+        the one with the lowest `pixel_score` is kept. Returns its training losses, plus (when `fits` > 1)
+        `train/fit_score` (its score) and `train/fit_chosen` (which fit it was, from 0)."""
         agent = self.config.agent
         updates = agent.first_train_steps
-        chosen: tuple[float, DeepDynamicalModel, torch.optim.Optimizer, nn.Module, torch.optim.Optimizer, dict] | None
-        chosen, scores = None, []
+        best = None
         for fit in range(agent.fits):
             if fresh_model or fit > 0:
                 self.new_model()
             losses = self.train_model(updates, warmup=int(agent.latent_warmup * updates))
-            if agent.fits == 1:
+            if agent.fits == 1:  # nothing to choose between: no score
                 return losses
-            scores.append(self.pixel_score())
-            if chosen is None or scores[-1] < chosen[0]:
-                chosen = (scores[-1], self.model, self.model_optimizer, self.policy, self.policy_optimizer, losses)
-        _, self.model, self.model_optimizer, self.policy, self.policy_optimizer, losses = chosen
-        return {**losses, "train/fit_score": chosen[0], "train/fit_chosen": float(scores.index(chosen[0]))}
+            losses.update({"train/fit_score": self.pixel_score(), "train/fit_chosen": float(fit)})
+            if best is None or losses["train/fit_score"] < best[0]["train/fit_score"]:
+                best = (losses, self.model, self.model_optimizer, self.policy, self.policy_optimizer)
+        losses, self.model, self.model_optimizer, self.policy, self.policy_optimizer = best
+        return losses
 
     @torch.no_grad()
     def pixel_score(self, stride: int = 4) -> float:
