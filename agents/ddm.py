@@ -442,12 +442,9 @@ class DDMAgent:
         agent = self.config.agent
         frames, actions, rewards, valid = self.dataset()
         length = agent.context + agent.prediction_horizon
-        count, steps = rewards.shape
-        starts = torch.arange(0, steps + 2 - length, stride, device=self.device)
-        trial = torch.arange(count, device=self.device).repeat_interleave(len(starts)).unsqueeze(1)
-        index = starts.repeat(count).unsqueeze(1) + torch.arange(length, device=self.device)
-        usable = valid[trial, index[:, :-1]].amin(1) > 0
-        trial, index = trial[usable], index[usable]
+        usable = valid.unfold(1, length - 1, stride).amin(-1) > 0  # (trials, windows), as in sample_windows
+        trial, window = usable.nonzero(as_tuple=True)
+        trial, index = trial.unsqueeze(1), (window * stride).unsqueeze(1) + torch.arange(length, device=self.device)
         loss = self.model.loss(frames[trial, index], actions[trial, index[:, :-1]], rewards[trial, index[:, :-1]],
                                valid[trial, index[:, :-1]])
         return float(loss.reconstruction + loss.prediction_pixels)
