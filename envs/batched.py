@@ -5,6 +5,11 @@ A :class:`Task` holds a task's physics, rewards, start states and renderer, all 
 batches of states ``(batch, state_dim) float64`` (NumPy arrays, or torch tensors on any device).
 :class:`BatchedPixelEnv` runs it with a batch of one; :class:`BatchedPixelVectorEnv` runs it on
 ``num_envs`` states at once, with its own episode-length truncation and next-step autoreset.
+
+Both report SB3's ``info["is_success"]`` on every step, by one rule: the task says which states are
+on target (:meth:`Task.on_target`), the env counts consecutive on-target frames since the reset, and
+an episode that ends now is a success when that count has reached ``Task.success_frames`` and the
+step did not terminate.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 Array = Any  # numpy.ndarray or torch.Tensor
+
+# Success for the pole tasks (pendulum, cart-pole): the pole within 20 degrees of upright
+# (|wrapped angle| <= 20 deg) in each of the last 20 frames of an episode.
+SUCCESS_ANGLE = np.deg2rad(20.0)
+SUCCESS_FRAMES = 20
 
 
 def namespace(array: Array):
@@ -36,6 +46,18 @@ def angle_normalize(angle: Array) -> Array:
     return ((angle + np.pi) % (2 * np.pi)) - np.pi
 
 
+def within_success_angle(angle: Array) -> Array:
+    """Whether poles are near upright: ``|angle| <= SUCCESS_ANGLE`` once wrapped (any winding).
+
+    Args:
+        angle: pole angles in radians, 0 = upright; NumPy or torch, any shape.
+
+    Returns:
+        bool, the same shape and backend.
+    """
+    return abs(angle_normalize(angle)) <= SUCCESS_ANGLE
+
+
 def upscale_to_rgb(gray: np.ndarray) -> np.ndarray:
     """(height, width) uint8 gray -> (height, width, 3) uint8 RGB."""
     return np.repeat(gray[:, :, None], 3, axis=2)
@@ -48,11 +70,13 @@ class Task(ABC):
         state_dim: length of one state vector.
         action_space: the single env's action space.
         image_size: (height, width) of the observation.
+        success_frames: how many consecutive on-target frames make an episode a success.
     """
 
     state_dim: int
     action_space: spaces.Space
     image_size: tuple[int, int]
+    success_frames: int = SUCCESS_FRAMES
 
     @abstractmethod
     def sample_start(self, rng: np.random.Generator, count: int, options: dict | None) -> np.ndarray:
@@ -70,6 +94,26 @@ class Task(ABC):
     @abstractmethod
     def info(self, state: Array) -> dict[str, Array]:
         """Per-state facts for ``info``: each (batch,)."""
+
+    @abstractmethod
+    def on_target(self, state: Array) -> Array:
+        """(batch, state_dim) -> (batch,) bool: whether each state counts towards success."""
+
+    def track_success(self, frames_on_target: Array, state: Array, terminated: Array) -> tuple[Array, Array]:
+        """One step of the success rule, for a batch of envs.
+
+        Args:
+            frames_on_target: (batch,) int64, consecutive on-target frames before this step (0 after a reset).
+            state: (batch, state_dim) the states this step reached.
+            terminated: (batch,) bool, this step's termination.
+
+        Returns:
+            The updated count (batch,) int64, and ``is_success`` (batch,) bool: ``success_frames``
+            on-target frames in a row up to now and no termination (a fallen pole never succeeds).
+        """
+        xp = namespace(state)
+        frames_on_target = xp.where(self.on_target(state), frames_on_target + 1, 0)
+        return frames_on_target, (frames_on_target >= self.success_frames) & ~terminated
 
     @property
     def observation_space(self) -> spaces.Box:
@@ -103,22 +147,27 @@ class BatchedPixelEnv(gym.Env):
         self.observation_space = task.observation_space
         self.action_space = task.action_space
         self.state: np.ndarray | None = None
+        self.frames_on_target = np.zeros(1, np.int64)  # (1,): consecutive on-target frames since the reset
 
-    def _info(self) -> dict[str, Any]:
-        return {key: value[0].item() for key, value in self.task.info(self.state).items()}
+    def _info(self, is_success: bool) -> dict[str, Any]:
+        info = {key: value[0].item() for key, value in self.task.info(self.state).items()}
+        info["is_success"] = is_success
+        return info
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.state = self.task.sample_start(self.np_random, 1, options)
-        return self.task.observe(self.state)[0], self._info()
+        self.frames_on_target = np.zeros(1, np.int64)  # the reset frame does not count
+        return self.task.observe(self.state)[0], self._info(False)
 
     def step(self, action):
         assert self.state is not None, "call reset() before step()"
         action = np.asarray(action, dtype=self.action_space.dtype)
         assert self.action_space.contains(action), f"action {action!r} is not in {self.action_space}"
         self.state, reward, terminated = self.task.step(self.state, action[None])
+        self.frames_on_target, is_success = self.task.track_success(self.frames_on_target, self.state, terminated)
         observation = self.task.observe(self.state)[0]
-        return observation, float(reward[0]), bool(terminated[0]), False, self._info()
+        return observation, float(reward[0]), bool(terminated[0]), False, self._info(bool(is_success[0]))
 
     def render(self) -> np.ndarray | None:
         """The current state drawn at ``render_size`` pixels: (size, size, 3) uint8 RGB."""
@@ -134,7 +183,9 @@ class BatchedPixelVectorEnv(VectorEnv):
 
     Autoreset mode is next-step (Gymnasium 1.x's default): the step after an episode ends returns
     the new episode's first observation with reward 0 and both flags false, ignoring its action.
-    Episodes are truncated after ``max_episode_steps`` steps. With ``backend="torch"`` the state,
+    Episodes are truncated after ``max_episode_steps`` steps. Infos are dicts of (num_envs,) arrays:
+    the task's facts and ``is_success`` (bool, see :meth:`Task.track_success`; False at reset and on
+    the autoreset step). With ``backend="torch"`` the state,
     observations, rewards, flags and infos are torch tensors on ``device``; start states are
     drawn from ``self.np_random`` for the whole batch every step (so both backends draw the same
     numbers) and copied over.
@@ -170,6 +221,7 @@ class BatchedPixelVectorEnv(VectorEnv):
         self.state: Array | None = None
         self.episode_steps: Array | None = None
         self.previous_done: Array | None = None
+        self.frames_on_target: Array | None = None  # (num_envs,) int64, consecutive on-target frames
 
     def _to_backend(self, array: np.ndarray) -> Array:
         if self.backend == "numpy":
@@ -183,7 +235,10 @@ class BatchedPixelVectorEnv(VectorEnv):
         self.state = self._to_backend(self.task.sample_start(self.np_random, self.num_envs, options))
         self.episode_steps = self._to_backend(np.zeros(self.num_envs, dtype=np.int64))
         self.previous_done = self._to_backend(np.zeros(self.num_envs, dtype=bool))
-        return self.task.observe(self.state), self.task.info(self.state)
+        self.frames_on_target = self._to_backend(np.zeros(self.num_envs, dtype=np.int64))
+        info = self.task.info(self.state)
+        info["is_success"] = false_like(self.episode_steps)
+        return self.task.observe(self.state), info
 
     def step(self, actions):
         assert self.state is not None, "call reset() before step()"
@@ -206,7 +261,12 @@ class BatchedPixelVectorEnv(VectorEnv):
         terminated = terminated & ~restart
         truncated = self.episode_steps >= self.max_episode_steps
         self.previous_done = terminated | truncated
-        return self.task.observe(self.state), reward, terminated, truncated, self.task.info(self.state)
+        frames_on_target, is_success = self.task.track_success(self.frames_on_target, self.state, terminated)
+        # A restarted env shows its new episode's reset frame, which does not count towards success.
+        self.frames_on_target = xp.where(restart, 0, frames_on_target)
+        info = self.task.info(self.state)
+        info["is_success"] = is_success & ~restart
+        return self.task.observe(self.state), reward, terminated, truncated, info
 
     def render(self) -> np.ndarray | None:
         """Every env's state drawn at ``render_size`` pixels: (num_envs, size, size, 3) uint8."""

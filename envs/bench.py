@@ -31,20 +31,25 @@ def _baseline(seconds: float, image_size: int) -> dict:
     import gymnasium as gym
     from gymnasium.wrappers import AddRenderObservation, GrayscaleObservation, ResizeObservation
 
-    env = gym.make("Pendulum-v1", render_mode="rgb_array")
-    env = ResizeObservation(GrayscaleObservation(AddRenderObservation(env, render_only=True)), (image_size, image_size))
-    env.reset(seed=0)
-    env.action_space.seed(0)
+    from envs.external import headless_sdl_video
 
-    def step() -> int:
-        observation, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        assert observation.shape == (image_size, image_size), observation.shape
-        if terminated or truncated:
-            env.reset()
-        return 1
+    # Gymnasium's renderer starts SDL's video, which on a machine without a desktop prints an
+    # XDG_RUNTIME_DIR error; the frames go to plain surfaces either way, so the speed is the same.
+    with headless_sdl_video():
+        env = AddRenderObservation(gym.make("Pendulum-v1", render_mode="rgb_array"), render_only=True)
+        env = ResizeObservation(GrayscaleObservation(env), (image_size, image_size))
+        env.reset(seed=0)
+        env.action_space.seed(0)
 
-    fps = _frames_per_second(step, seconds, lambda: None)
-    env.close()
+        def step() -> int:
+            observation, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            assert observation.shape == (image_size, image_size), observation.shape
+            if terminated or truncated:
+                env.reset()
+            return 1
+
+        fps = _frames_per_second(step, seconds, lambda: None)
+        env.close()
     return {"name": f"gymnasium Pendulum-v1 rgb_array (pygame) -> gray {image_size}x{image_size}", "frames_per_s": fps}
 
 

@@ -19,6 +19,7 @@ from envs.batched import (
     angle_normalize,
     check_options,
     namespace,
+    within_success_angle,
     zeros_like_frames,
 )
 
@@ -162,6 +163,10 @@ class CartPoleTask(Task):
             "angular_velocity": state[:, 3],
         }
 
+    def on_target(self, state: Array) -> Array:
+        """(batch, 4) -> (batch,) bool: the pole within 20 degrees of upright."""
+        return within_success_angle(state[:, 2])
+
 
 _DOC_SECTIONS = """
     ## Description
@@ -191,9 +196,16 @@ _DOC_SECTIONS = """
     ## Episode End
     Terminated when the cart leaves the track (``|x| > 2.4``) and, for ``"balance"``, when the
     pole falls past 12 degrees. Truncated after 500 steps (the registered
-    ``max_episode_steps``; the vector env's ``max_episode_steps`` argument).
+    ``max_episode_steps``; the vector env's ``max_episode_steps`` argument). An episode is a
+    success when the pole is within 20 degrees of upright (``|angle| <= 20 deg``) in each of its
+    last 20 frames (the states after its steps; the reset frame does not count) and its last step
+    did not terminate, the rule of :func:`envs.pendulum.is_success` plus that.
+    ``info["is_success"]`` applies it on every step: on the last step it says whether the episode
+    succeeded, on any other whether it would if it ended there (False at reset, and False on a
+    terminating step even when the pole fell only past 12 degrees).
 
-    ``info``: ``x``, ``x_velocity``, ``angle`` (wrapped, 0 = upright), ``angular_velocity``.
+    ``info``: ``x``, ``x_velocity``, ``angle`` (wrapped, 0 = upright), ``angular_velocity``,
+    ``is_success``.
 
     ## Arguments
     - ``task`` ("balance" or "swingup"), ``continuous`` (True), ``image_size`` (64),

@@ -2,7 +2,8 @@
 
 Every env made here returns ``uint8`` channel-first observations ``(C, H, W)``, like the rest of
 ``envs/``. Wrapping is done with Gymnasium's own wrappers; only MinAtar, which has no Gymnasium env
-with channel-first images and Gymnasium seeding, gets a class of its own.
+with channel-first images and Gymnasium seeding, gets a class of its own (and :class:`HeadlessRender`
+keeps pygame's renderers quiet on machines without a desktop).
 
     import gymnasium as gym
     import envs  # noqa: F401  (registers pixelpilot/...)
@@ -15,6 +16,9 @@ with channel-first images and Gymnasium seeding, gets a class of its own.
 from __future__ import annotations
 
 import difflib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gymnasium as gym
@@ -32,6 +36,40 @@ from gymnasium.wrappers import (
 
 # Module names in minatar.environments; envs.MINATAR_GAMES holds the matching registered names.
 MINATAR_GAME_MODULES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
+
+
+@contextmanager
+def headless_sdl_video() -> Iterator[None]:
+    """Inside the block, SDL's video starts without looking for a desktop on a machine that has none.
+
+    Gymnasium's pygame renderers (classic control, Box2D, toy text) call ``pygame.display.init()`` even
+    for ``rgb_array`` frames, which they draw on plain surfaces. Without a desktop SDL then tries X11
+    and Wayland in turn, and Wayland's client library prints ``error: XDG_RUNTIME_DIR is invalid or not
+    set in the environment`` on the terminal. So where neither DISPLAY nor WAYLAND_DISPLAY is set (and
+    the user chose no SDL_VIDEODRIVER), SDL_VIDEODRIVER is "dummy" for the block only: a viewer window
+    opened later still finds the desktop, or reports that there is none.
+    """
+    if any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")):
+        yield
+        return
+    previous = os.environ.get("SDL_VIDEODRIVER")  # None, or set but empty
+    os.environ["SDL_VIDEODRIVER"] = "dummy"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["SDL_VIDEODRIVER"]
+        else:
+            os.environ["SDL_VIDEODRIVER"] = previous
+
+
+class HeadlessRender(gym.Wrapper):
+    """Renders the wrapped env inside :func:`headless_sdl_video`, so a pygame renderer starting SDL's
+    video on its first frame prints nothing on a machine without a desktop."""
+
+    def render(self) -> Any:
+        with headless_sdl_video():
+            return self.env.render()
 
 
 def _channels_first(image: np.ndarray) -> np.ndarray:
@@ -66,7 +104,7 @@ def pixel_wrappers(
         raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
     height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
 
-    env = AddRenderObservation(env, render_only=True)
+    env = AddRenderObservation(HeadlessRender(env), render_only=True)
     if grayscale:
         env = GrayscaleObservation(env, keep_dim=True)
     env = ResizeObservation(env, (height, width))

@@ -11,6 +11,8 @@ from gymnasium import spaces
 
 from envs import raster
 from envs.batched import (
+    SUCCESS_ANGLE,
+    SUCCESS_FRAMES,
     Array,
     BatchedPixelEnv,
     BatchedPixelVectorEnv,
@@ -19,6 +21,7 @@ from envs.batched import (
     check_options,
     false_like,
     namespace,
+    within_success_angle,
     zeros_like_frames,
 )
 
@@ -40,10 +43,6 @@ MAX_SPEED = 8.0
 MAX_TORQUE = 2.0
 TORQUE_COST = 0.001
 
-# Success: within 20 degrees of upright in each of the last 20 frames of a trial.
-SUCCESS_ANGLE = np.deg2rad(20.0)
-SUCCESS_FRAMES = 20
-
 # Drawing, as fractions of the image size: the pivot at the centre, the pole 0.4 long and
 # 0.1 thick, so its rounded tip stays inside the frame.
 POLE_LENGTH = 0.4
@@ -52,6 +51,9 @@ POLE_RADIUS = 0.05
 
 def is_success(angles: Array, angle: float = SUCCESS_ANGLE, frames: int = SUCCESS_FRAMES) -> np.ndarray:
     """Whether each trial ends held upright: ``|angle| <= 20 deg`` in each of its last 20 frames.
+
+    The envs' ``info["is_success"]`` follows the same rule step by step (with the angles after each
+    step; the reset frame is not one of a trial's frames).
 
     Args:
         angles: (time,) or (batch, time) pole angles in radians (0 = upright, any winding).
@@ -136,8 +138,15 @@ class PendulumTask(Task):
     def info(self, state: Array) -> dict[str, Array]:
         """``angle`` wrapped to [-pi, pi) (0 = upright), ``angular_velocity``, and ``upright``
         (within 20 degrees of upright)."""
-        angle = angle_normalize(state[:, 0])
-        return {"angle": angle, "angular_velocity": state[:, 1], "upright": abs(angle) <= SUCCESS_ANGLE}
+        return {
+            "angle": angle_normalize(state[:, 0]),
+            "angular_velocity": state[:, 1],
+            "upright": within_success_angle(state[:, 0]),
+        }
+
+    def on_target(self, state: Array) -> Array:
+        """(batch, 2) -> (batch,) bool: the pole within 20 degrees of upright."""
+        return within_success_angle(state[:, 0])
 
 
 _DOC_SECTIONS = """
@@ -166,10 +175,14 @@ _DOC_SECTIONS = """
 
     ## Episode End
     Never terminates. Truncated after 100 steps (the registered ``max_episode_steps``; the vector
-    env's ``max_episode_steps`` argument). A trial is a success (``is_success``) when the pole is
-    within 20 degrees of upright in each of its last 20 frames; ``info["upright"]`` says so per step.
+    env's ``max_episode_steps`` argument). An episode is a success when the pole is within 20
+    degrees of upright (``|angle| <= 20 deg``) in each of its last 20 frames (the states after its
+    steps; the reset frame does not count), the rule of :func:`envs.pendulum.is_success`.
+    ``info["is_success"]`` applies it on every step: on the last step it says whether the episode
+    succeeded, on any other whether it would if it ended there (False at reset).
 
-    ``info``: ``angle`` (wrapped, 0 = upright), ``angular_velocity``, ``upright``.
+    ``info``: ``angle`` (wrapped, 0 = upright), ``angular_velocity``, ``upright`` (this frame within
+    20 degrees), ``is_success``.
 
     ## Arguments
     - ``image_size`` (40): side of the square observation in pixels.

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -246,6 +250,112 @@ def test_is_success_needs_the_last_20_frames_within_20_degrees():
     assert angle_normalize(np.array([np.pi + 0.1]))[0] == pytest.approx(-np.pi + 0.1)
 
 
+def _hold_upright(info: dict) -> np.ndarray:
+    """Actions that keep a pole that starts near upright within a few degrees of it (PD on the pole
+    angle): pendulum torque or cart-pole force, (1,) float32 for a single env's info, (n, 1) for a
+    vector env's."""
+    angle, velocity = np.asarray(info["angle"]), np.asarray(info["angular_velocity"])
+    if "x" in info:  # cart-pole: move the cart under the pole
+        return np.clip(10 * angle + 2 * velocity, -1, 1)[..., None].astype(np.float32)
+    return np.clip(-(10 * angle + 2 * velocity), -2, 2)[..., None].astype(np.float32)
+
+
+# Episodes of 60 steps: random actions, held upright throughout, held for 35 steps then pushed over.
+SUCCESS_POLICIES = {"random": False, "held": True, "pushed_over": False}
+
+
+@pytest.mark.parametrize("policy", SUCCESS_POLICIES)
+@pytest.mark.parametrize("env_id", PIXEL_IDS, ids=PIXEL_IDS)
+def test_is_success_on_every_step_follows_the_reference_rule(env_id, policy):
+    env = gym.make(env_id, max_episode_steps=60)
+    env.action_space.seed(0)
+    _, info = env.reset(seed=0, options=None if policy == "random" else {"angle": 0.1})
+    assert info["is_success"] is False
+    angles = []
+    for step in range(60):
+        if policy == "random":
+            action = env.action_space.sample()
+        elif policy == "pushed_over" and step >= 35:
+            action = env.action_space.high
+        else:
+            action = _hold_upright(info)
+        _, _, terminated, truncated, info = env.step(action)
+        angles.append(info["angle"])  # the states after each step; the reset frame does not count
+        assert info["is_success"] is (bool(is_success(angles)) and not terminated), f"step {step}"
+        if terminated or truncated:
+            break
+    assert info["is_success"] is SUCCESS_POLICIES[policy], "the last step says whether the episode succeeded"
+
+
+def test_cartpole_balance_step_that_drops_the_pole_is_not_a_success():
+    env = PixelCartPoleEnv(task="balance")
+    _, info = env.reset(seed=0, options={"angle": 0.05})
+    angles = []
+    for _ in range(30):
+        _, _, terminated, _, info = env.step(_hold_upright(info))
+        angles.append(info["angle"])
+    assert info["is_success"] and not terminated
+    while not terminated:
+        _, _, terminated, _, info = env.step(np.array([1.0], np.float32))
+        angles.append(info["angle"])
+    assert is_success(angles), "the pole fell only past 12 degrees: within 20 in the last 20 frames"
+    assert info["is_success"] is False
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("env_id", PIXEL_IDS, ids=PIXEL_IDS)
+def test_vector_is_success_follows_the_reference_rule_through_autoresets(env_id, backend, request):
+    if backend == "torch":
+        request.getfixturevalue("one_torch_thread")
+    vector_class, kwargs = VECTOR_CLASSES[env_id]
+    device = {"device": "cpu"} if backend == "torch" else {}
+    vector = vector_class(num_envs=4, max_episode_steps=40, backend=backend, **device, **kwargs)
+    _, infos = vector.reset(seed=0, options={"angle": 0.1})
+    assert np.asarray(infos["is_success"]).tolist() == [False] * 4
+    plays_randomly = np.array([True, False, True, False])  # the others are held upright
+    space = vector.single_action_space
+    rng = np.random.default_rng(0)
+    angles = [[] for _ in range(4)]
+    restarting = np.zeros(4, bool)
+    endings = []
+    for step in range(100):
+        random_actions = rng.uniform(space.low, space.high, (4, 1)).astype(np.float32)
+        actions = np.where(plays_randomly[:, None], random_actions, _hold_upright(infos))
+        _, _, terminated, truncated, infos = vector.step(actions)
+        terminated, truncated, success = (np.asarray(x) for x in (terminated, truncated, infos["is_success"]))
+        assert success.shape == (4,) and success.dtype == bool
+        for index in range(4):
+            if restarting[index]:  # the autoreset step shows the new episode's reset frame
+                angles[index] = []
+                assert not success[index], f"step {step}, env {index}"
+                continue
+            angles[index].append(float(infos["angle"][index]))
+            expected = bool(is_success(angles[index])) and not terminated[index]
+            assert success[index] == expected, f"step {step}, env {index}"
+            if terminated[index] or truncated[index]:
+                endings.append(bool(success[index]))
+        restarting = terminated | truncated
+    assert True in endings and False in endings, "held envs succeed, random ones fail"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_vector_success_count_restarts_after_autoreset(backend, request):
+    if backend == "torch":
+        request.getfixturevalue("one_torch_thread")
+    device = {"device": "cpu"} if backend == "torch" else {}
+    vector = PixelCartPoleVectorEnv(num_envs=2, task="balance", max_episode_steps=30, backend=backend, **device)
+    _, infos = vector.reset(seed=0)
+    successes = []
+    for _ in range(70):
+        _, _, terminated, _, infos = vector.step(_hold_upright(infos))
+        assert not np.asarray(terminated).any(), "held upright, the pole never falls"
+        successes.append(np.asarray(infos["is_success"]).tolist())
+    # Steps 1-30: episode 1's frames 1-30; step 31: the autoreset (frame 0 of episode 2); steps 32-61:
+    # its frames 1-30; step 62: the next autoreset; steps 63-70: frames 1-8 of episode 3.
+    frame = [step if step <= 30 else (step - 31 if step <= 61 else step - 62) for step in range(1, 71)]
+    assert successes == [[index >= 20] * 2 for index in frame]
+
+
 def test_bad_arguments_say_what_is_wrong():
     with pytest.raises(ValueError, match="task must be one of"):
         PixelCartPoleEnv(task="juggle")
@@ -262,3 +372,22 @@ def test_bench_envs_reports_baseline_numpy_and_ratio():
     assert result["baseline"]["frames_per_s"] > 0 and result["numpy"]["frames_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["numpy"]["frames_per_s"] / result["baseline"]["frames_per_s"])
     assert result["hardware"]["cores"] >= 1 and isinstance(result["hardware"]["cpu"], str)
+
+
+def test_gymnasium_rendering_prints_no_sdl_errors_without_a_desktop():
+    # Gymnasium's pygame renderers start SDL's video; without a desktop SDL's Wayland probe prints
+    # "error: XDG_RUNTIME_DIR is invalid or not set" unless envs/ steers it to the dummy driver.
+    unset = ("XDG_RUNTIME_DIR", "DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER", "SDL_AUDIODRIVER")
+    environment = {name: value for name, value in os.environ.items() if name not in unset}
+    script = (
+        "import gymnasium as gym, envs\n"
+        "from envs.bench import _baseline\n"
+        "_baseline(0.1, 40)\n"
+        "gym.make('pixelpilot/Pixels-v0', env_id='CartPole-v1').reset(seed=0)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=environment, cwd=Path(__file__).parents[1],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "XDG_RUNTIME_DIR" not in result.stderr and "ALSA" not in result.stderr, result.stderr
