@@ -1,65 +1,85 @@
 """The data-efficient pixel agent: a deep dynamical model (DDM), re-learned after every trial, and a controller.
 
 After Wahlstroem et al. 2015 and Assael et al. 2015 ("Data-Efficient Learning of Feedback Policies from
-Image Pixels using Deep Dynamical Models"). The agent sees only images and rewards.
+Image Pixels using Deep Dynamical Models"). The agent sees only images and rewards. The story, in the
+order this file tells it:
 
-    trial 0 .. random_trials - 1:  random actions at +-bound, each held for `random_hold` steps: about half
-                                   the period of the hanging pendulum, so the pole swings far (exploration)
-    then, each trial:
-        fit the DDM on every frame so far (from scratch, or warm-started with fewer updates)
-        [policy controller: improve the policy on imagined rollouts through the model]
-        act for one trial with the controller, store the trial, log and record it
+    trials 1 .. random_trials:   random actions at +-bound, each held for `random_hold` steps: about half
+                                 the period of the hanging pendulum, so the pole swings far (exploration)
+    then, each trial (DDMAgent.train):
+        fit    the DDM on every frame so far (`fit:`, the Fit block: from scratch or warm-started, the best
+               of `fit.fits` fits kept, then the transition alone on frozen latents)
+               [controller policy: improve the feedback policy on imagined rollouts (`policy:`)]
+        act    for one trial with the controller on the latent history of the last `model.context` frames
+        record the trial (with the model's reconstructions and k-step predictions), log it, checkpoint
+    until a trial succeeds (the env's info["is_success"] on its last step) or `trials` are played.
 
-Controllers (``agent.controller``), all acting on the latent history of the last ``context`` frames:
-    cem       model-predictive control: the cross-entropy method over ``candidates`` action sequences
-              of ``planning_horizon`` steps, scored by the predicted rewards; receding horizon (only the
+Trials are numbered from 1 wherever a person reads them (progress bar, metrics, episode files, the viewer,
+summary.json's success_trial).
+
+Controllers (``agent.controller``), each configured by its own block:
+    cem       (`cem:`, CEM) model-predictive control: the cross-entropy method over `cem.candidates` action
+              sequences of `cem.horizon` steps, scored by the predicted rewards; receding horizon (only the
               first action is applied, the plan is shifted and reused as the next initial mean).
-    gradient  model-predictive control by gradient-based shooting: Adam on ``candidates`` action sequences
-              through the differentiable model, the best one applied; receding horizon.
-    policy    a feedback policy (a small MLP on the latent history), trained by back-propagating imagined
-              returns over ``policy_horizon`` steps from latent states of the data; acting is one forward pass.
+    gradient  (`gradient:`, GradientShooting) the same by gradient-based shooting: Adam on action sequences
+              through the differentiable model, the best one applied.
+    policy    (`policy:`, PolicySearch) a feedback policy (a small MLP on the latent history), trained by
+              back-propagating imagined returns through the model; acting is one forward pass.
 
 Actions are squashed or clipped to the env's bound (or ``action_bound``) everywhere.
 
 Three settings decide whether the pendulum is held (all on in configs/ddm_pendulum.yaml):
-    inertia             the transition predicts the latent's acceleration (z' = 2 z - z_prev + f), so where
-                        data is thin (near upright, passed only a few times, fast) the model's default is
-                        "keeps moving", not "stops".
-    refit_from_scratch  re-initialise the model before each fit. A warm-started encoder keeps the map it
-                        formed from the first trials, which never saw the pole up: its latent space stays
-                        squeezed and stretched near upright (speed per degree varying 8x within 20 degrees),
-                        and its one-step error there was 4.3 degrees, against 0.4 for a model fitted from
-                        scratch on the same 900 frames (the primacy bias of Nikishin et al. 2022; PILCO
-                        also refits its model from scratch every trial).
-    fits (with model_lr_schedule: cosine)
-                        fits from scratch end far apart (held-out 5-step errors up to 3x apart between two
-                        initialisations on the same data; some never learn the image at all), and a bad fit
-                        costs a trial: fit `fits` models, keep the one with the lowest pixel loss on the data.
-                        The cosine decay of each fit's learning rate ends it in a quieter spot.
+    model.inertia           the transition predicts the latent's acceleration (z' = 2 z - z_prev + f), so
+                            where data is thin (near upright, passed only a few times, fast) the model's
+                            default is "keeps moving", not "stops".
+    fit.refit_from_scratch  re-initialise the model before each fit. A warm-started encoder keeps the map it
+                            formed from the first trials, which never saw the pole up: its latent space stays
+                            squeezed and stretched near upright (speed per degree varying 8x within 20
+                            degrees), and its one-step error there was 4.3 degrees, against 0.4 for a model
+                            fitted from scratch on the same 900 frames (the primacy bias of Nikishin et al.
+                            2022; PILCO also refits its model from scratch every trial).
+    fit.fits (with fit.lr_schedule: cosine)
+                            fits from scratch end far apart (held-out 5-step errors up to 3x apart between
+                            two initialisations on the same data; some never learn the image at all), and a
+                            bad fit costs a trial: fit `fits` models, keep the one with the lowest pixel loss
+                            on the data. The cosine decay of each fit's learning rate ends it in a quieter spot.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar, Literal, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
-from agents.common import env_fps, make_env
-from agents.config import ConfigError, RunConfig
-from agents.run import Run, generator_state, rng_state, set_generator_state, set_rng_state
+from agents.common.agent import play_episode
+from agents.common.config import ConfigError, RunConfig, at_least, config_class
+from agents.common.envs import env_fps, make_env
+from agents.common.run import Run, generator_state, rng_state, set_generator_state, set_rng_state
 from nets.ddm import DeepDynamicalModel, prediction_errors
-from nets.mlp import ACTIVATIONS, MLP
+from nets.mlp import MLP
 
-CONTROLLERS = ("cem", "gradient", "policy")
-LR_SCHEDULES = ("constant", "cosine")
 ERROR_STEPS = (1, 5, 10)  # model prediction errors logged per trial, in steps ahead
-SUCCESS_ANGLE = np.deg2rad(20.0)  # success: |angle| within this of upright ...
-SUCCESS_FRAMES = 20  # ... in each of the last this many frames of a trial
+RECENT_TRIALS = 10  # mean_return in summary.json is over this many last trials
+
+
+def _check_model(model: ModelConfig) -> None:
+    at_least(model, 1, "latent_dim", "context")
+    if model.inertia and model.context < 2:
+        raise ConfigError(f"inertia: needs model.context >= 2 (a velocity), got context {model.context}")
+    if model.min_std <= 0:
+        raise ConfigError(f"min_std: must be > 0, got {model.min_std}")
+
+
+# `model:` is DeepDynamicalModel(**model): its keys are the constructor's keyword arguments, with the
+# constructor's defaults, documented in nets/ddm.py (the env fills in obs_shape, action_dim and action_bound).
+ModelConfig = config_class(DeepDynamicalModel, skip=("obs_shape", "action_dim", "action_bound"), name="ModelConfig",
+                           validate=_check_model)
 
 
 @dataclass
@@ -69,99 +89,49 @@ class Config:
     trials: int = 10  # trials to play at most (random ones included)
     random_trials: int = 1  # first trials with random actions
     trial_steps: int = 100  # env steps per trial (the env's time limit may end it sooner)
-    stop_on_success: bool = True  # stop after the first trial judged a success
+    stop_on_success: bool = True  # stop after the first trial the env calls a success
     random_hold: int = 10  # a random action is held for this many steps (it swings the pole further)
     random_bang_bang: bool = True  # random actions at +-bound (not uniform): held, they swing the pole round
-    # model (nets.ddm.DeepDynamicalModel)
-    latent_dim: int = 4  # latent size of one frame
-    context: int = 2  # latents the transition reads (one frame shows no velocity)
-    encoder: str = "mlp"  # "mlp" (fast on a CPU, as in the paper) or "conv"
-    encoder_hidden: list[int] = field(default_factory=lambda: [256, 64])  # MLP sizes or conv channels
-    transition_hidden: list[int] = field(default_factory=lambda: [128, 128])  # transition MLP sizes
-    reward_hidden: list[int] = field(default_factory=lambda: [64, 64])  # reward head MLP sizes
-    stochastic: bool = False  # Gaussian latent transition (the probabilistic variant)
-    inertia: bool = False  # transition predicts the latent's acceleration: z' = 2 z - z_prev + f(...)
-    activation: str = "elu"  # hidden activation of all the model's networks (silu: as smooth, ~2x cheaper on a CPU)
-    latent_grad: bool = True  # the latent prediction term also trains the encoder; false: the transition only
-    # (the encoder is shaped for prediction by the pixel prediction term alone, which cannot collapse it)
-    # model training
-    prediction_horizon: int = 10  # open-loop steps in the joint loss
-    batch_size: int = 16  # windows per update
-    refit_from_scratch: bool = False  # re-initialise the model before each fit (see the module docstring)
-    first_train_steps: int = 600  # updates of a fit from scratch (after the random trials, or every refit)
-    fits: int = 1  # models fitted from scratch each time; the one with the lowest pixel loss on a fixed set of
-    # windows is kept (fits from different initialisations end far apart, and a bad one costs a trial)
-    train_steps: int = 300  # updates of a warm-started fit (refit_from_scratch false)
-    latent_warmup: float = 0.0  # fraction of a from-scratch fit's first updates without the latent prediction
-    # term: at initialisation that term (measured in units of the latents' spread) can shrink the latents
-    # to a point before the auto-encoder spreads them (seen: seed 4 never recovered); 0 = off
-    model_lr: float = 1e-3  # Adam learning rate of the model (the peak, with a cosine schedule)
-    model_lr_schedule: str = "constant"  # "cosine": each fit's learning rate decays to zero over its updates
-    # (joint and dynamics fits): the last updates average out the batch noise, so fits end less far apart
-    dynamics_steps: int = 1000  # then updates of the transition and reward head alone, on frozen latents (cheap)
-    dynamics_batch: int = 64  # windows per dynamics-only update
-    focus: float = 0.0  # fraction of training windows drawn preferring high reward (see sample_windows)
-    latent_weight: float = 10.0  # weight of the latent prediction error in the joint loss
-    reward_weight: float = 10.0  # weight of the reward error in the joint loss
     # control
-    controller: str = "cem"  # "cem", "gradient" or "policy" (see the module docstring)
+    controller: Literal["cem", "gradient", "policy"] = "cem"  # which block below acts (module docstring)
     action_bound: list[float] | None = None  # largest |action| per dimension; None: the env's bound
-    planning_horizon: int = 25  # steps each plan looks ahead (cem, gradient)
-    candidates: int = 500  # action sequences scored at once (cem, gradient)
-    elites: int = 50  # best sequences refitted each CEM iteration
-    cem_iterations: int = 5  # CEM refits per action
-    particles: int = 8  # sampled rollouts per CEM candidate of a stochastic model, their mean return its score
-    gradient_iterations: int = 10  # Adam steps on the action sequences per action (gradient)
-    gradient_lr: float = 0.1  # Adam learning rate of the action sequences (gradient)
     exploration_noise: float = 0.0  # Gaussian noise (fraction of the bound) added to acted actions
-    # feedback policy (controller: policy)
-    policy_hidden: list[int] = field(default_factory=lambda: [64, 64])  # policy MLP sizes
-    policy_horizon: int = 30  # imagined steps per policy update
-    policy_batch: int = 256  # imagined rollouts per policy update (starts drawn from the data)
-    policy_steps: int = 200  # policy updates per trial
-    policy_lr: float = 3e-3  # Adam learning rate of the policy
+    # blocks, each mapping one-to-one onto what it configures
+    model: ModelConfig = field(default_factory=lambda: ModelConfig())  # DeepDynamicalModel(**model), nets/ddm.py
+    fit: Fit = field(default_factory=lambda: Fit())  # how the model is fitted after each trial
+    cem: CEM = field(default_factory=lambda: CEM())  # controller: cem
+    gradient: GradientShooting = field(default_factory=lambda: GradientShooting())  # controller: gradient
+    policy: PolicySearch = field(default_factory=lambda: PolicySearch())  # controller: policy
+
+    # The flat keys of configs before 2026-11-26, and where each went: an old key gets a one-line pointer.
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        **{key: f"model.{key}" for key in ("latent_dim", "context", "encoder", "encoder_hidden", "transition_hidden",
+                                           "reward_hidden", "stochastic", "inertia", "activation", "latent_grad")},
+        **{key: f"fit.{key}" for key in ("prediction_horizon", "batch_size", "refit_from_scratch", "fits",
+                                         "latent_warmup", "dynamics_batch", "focus", "latent_weight",
+                                         "reward_weight")},
+        "first_train_steps": "fit.updates", "train_steps": "fit.warm_updates", "model_lr": "fit.lr",
+        "model_lr_schedule": "fit.lr_schedule", "dynamics_steps": "fit.dynamics_updates",
+        "planning_horizon": "cem.horizon (and gradient.horizon)", "candidates": "cem.candidates (and "
+        "gradient.candidates)", "elites": "cem.elites", "cem_iterations": "cem.iterations",
+        "particles": "cem.particles", "gradient_iterations": "gradient.iterations", "gradient_lr": "gradient.lr",
+        "policy_hidden": "policy.hidden", "policy_horizon": "policy.horizon", "policy_batch": "policy.batch",
+        "policy_steps": "policy.updates", "policy_lr": "policy.lr",
+    }
 
     def validate(self) -> None:
-        if self.controller not in CONTROLLERS:
-            raise ConfigError(f"agent.controller: unknown controller {self.controller!r} "
-                              f"(choose one of {', '.join(CONTROLLERS)})")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"agent.activation: unknown activation {self.activation!r} "
-                              f"(choose one of {', '.join(sorted(ACTIVATIONS))})")
-        if self.model_lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"agent.model_lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, "
-                              f"got {self.model_lr_schedule!r}")
-        if self.encoder not in ("mlp", "conv"):
-            raise ConfigError(f"agent.encoder: expected 'mlp' or 'conv', got {self.encoder!r}")
-        if self.latent_dim < 1:
-            raise ConfigError(f"agent.latent_dim: the decoder needs a latent of at least 1 dim, got {self.latent_dim}")
-        for key in ("trials", "fits", "trial_steps", "context", "prediction_horizon", "batch_size", "planning_horizon",
-                    "candidates", "elites", "cem_iterations", "particles", "gradient_iterations", "policy_horizon",
-                    "policy_batch", "random_hold", "dynamics_batch"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"agent.{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("random_trials", "first_train_steps", "train_steps", "policy_steps", "dynamics_steps"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"agent.{key}: must be >= 0, got {getattr(self, key)}")
+        at_least(self, 1, "trials", "trial_steps", "random_hold")
         if not 1 <= self.random_trials < self.trials:
-            raise ConfigError(f"agent.random_trials: must be in [1, trials - 1 = {self.trials - 1}], "
+            raise ConfigError(f"random_trials: must be in [1, trials - 1 = {self.trials - 1}], "
                               f"got {self.random_trials}")
-        if self.elites > self.candidates:
-            raise ConfigError(f"agent.elites: must be <= candidates ({self.candidates}), got {self.elites}")
-        if self.context + self.prediction_horizon > self.trial_steps + 1:
-            raise ConfigError(f"agent.prediction_horizon: context + horizon must fit in a trial of "
-                              f"{self.trial_steps + 1} frames, got {self.context} + {self.prediction_horizon}")
+        if self.model.context + self.fit.prediction_horizon > self.trial_steps + 1:
+            raise ConfigError(f"fit.prediction_horizon: model.context + prediction_horizon must fit in a trial of "
+                              f"{self.trial_steps + 1} frames, got {self.model.context} + "
+                              f"{self.fit.prediction_horizon}")
         if self.action_bound is not None and (not self.action_bound or min(self.action_bound) <= 0):
-            raise ConfigError(f"agent.action_bound: expected a list of positive numbers, got {self.action_bound}")
-        if self.inertia and self.context < 2:
-            raise ConfigError(f"agent.inertia: needs agent.context >= 2 (a velocity), got context {self.context}")
-        if not 0.0 <= self.latent_warmup < 1.0:
-            raise ConfigError(f"agent.latent_warmup: must be in [0, 1), got {self.latent_warmup}")
-        if not 0.0 <= self.focus <= 1.0:
-            raise ConfigError(f"agent.focus: must be in [0, 1], got {self.focus}")
-        for key in ("model_lr", "gradient_lr", "policy_lr"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"agent.{key}: must be > 0, got {getattr(self, key)}")
+            raise ConfigError(f"action_bound: expected a list of positive numbers, got {self.action_bound}")
+        if self.exploration_noise < 0:
+            raise ConfigError(f"exploration_noise: must be >= 0, got {self.exploration_noise}")
 
 
 class Trial(NamedTuple):
@@ -170,123 +140,6 @@ class Trial(NamedTuple):
     frames: np.ndarray  # (T + 1, C, H, W) uint8
     actions: np.ndarray  # (T, A) float32
     rewards: np.ndarray  # (T,) float32
-    angles: np.ndarray  # (T,) the env's info["angle"] after each step (NaN if it has none)
-
-
-# controllers --------------------------------------------------------------------------------------------
-@torch.no_grad()
-def cem_plan(
-    model: DeepDynamicalModel,
-    history: torch.Tensor,
-    mean: torch.Tensor,
-    bound: torch.Tensor,
-    candidates: int,
-    elites: int,
-    iterations: int,
-    generator: torch.Generator | None = None,
-    particles: int = 1,
-) -> torch.Tensor:
-    """Cross-entropy method over action sequences, scored by the model's summed predicted rewards.
-
-    A stochastic model scores each sequence by the mean return of `particles` sampled rollouts (as PETS
-    does): scored on one sample each, the elites are the luckiest draws, which favours the sequences whose
-    outcome the model is least sure of.
-
-    Shapes: `history (context, latent_dim)`, `mean (horizon, action_dim)` (the initial mean, e.g. the last
-    plan shifted), `bound (action_dim,)` -> the refitted mean `(horizon, action_dim)`, within the bound.
-    """
-    std = bound.expand_as(mean).clone()
-    particles = particles if model.stochastic else 1
-    histories = history.expand(particles * candidates, *history.shape)
-    for _ in range(iterations):
-        noise = torch.randn(candidates, *mean.shape, generator=generator, device=mean.device)
-        actions = torch.maximum(torch.minimum(mean + std * noise, bound), -bound)
-        actions[0] = torch.maximum(torch.minimum(mean, bound), -bound)  # the mean itself competes: never worse
-        rollouts = model.imagine(histories, actions.repeat(particles, 1, 1), sample=True)
-        returns = model.reward(rollouts).sum(-1).view(particles, candidates).mean(0)
-        best = actions[returns.topk(elites).indices]
-        mean, std = best.mean(0), best.std(0) + 1e-3 * bound
-    return mean
-
-
-def gradient_plan(
-    model: DeepDynamicalModel,
-    history: torch.Tensor,
-    mean: torch.Tensor,
-    bound: torch.Tensor,
-    candidates: int,
-    iterations: int,
-    lr: float,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Gradient-based shooting: Adam on `candidates` action sequences (the first is `mean`, the rest random)
-    through the model, maximising the summed predicted reward; actions are `bound * tanh(parameters)`.
-
-    Shapes as in :func:`cem_plan`; returns the best sequence `(horizon, action_dim)`.
-    """
-    start = torch.rand(candidates, *mean.shape, generator=generator, device=mean.device) * 2 - 1
-    start[0] = mean / bound
-    parameters = torch.atanh(start.clamp(-0.99, 0.99)).requires_grad_(True)
-    optimizer = torch.optim.Adam([parameters], lr=lr)
-    histories = history.expand(candidates, *history.shape)
-    for _ in range(iterations):
-        returns = model.reward(model.imagine(histories, bound * torch.tanh(parameters))).sum(-1)
-        optimizer.zero_grad()
-        (-returns.sum()).backward()
-        optimizer.step()
-    with torch.no_grad():
-        actions = bound * torch.tanh(parameters)
-        returns = model.reward(model.imagine(histories, actions)).sum(-1)
-        return actions[returns.argmax()]
-
-
-class Policy(nn.Module):
-    """A feedback policy on the latent history: `(..., context, latent_dim) -> (..., action_dim)` in the bound."""
-
-    def __init__(self, context: int, latent_dim: int, bound: torch.Tensor, hidden: list[int]) -> None:
-        super().__init__()
-        self.net = MLP(context * latent_dim, bound.numel(), hidden)
-        self.register_buffer("bound", bound.clone())
-
-    def forward(self, history: torch.Tensor) -> torch.Tensor:
-        return self.bound * torch.tanh(self.net(history.flatten(-2)))
-
-
-def imagined_return(model: DeepDynamicalModel, policy: Policy, histories: torch.Tensor, horizon: int) -> torch.Tensor:
-    """Summed predicted rewards of `policy` acting for `horizon` steps in the model from each history.
-
-    Shapes: `histories (batch, context, latent_dim)` -> `(batch,)`.
-    """
-    total = torch.zeros(histories.shape[0], device=histories.device)
-    for _ in range(horizon):
-        histories = model.step(histories, policy(histories), sample=True)
-        total = total + model.reward(histories[:, -1])
-    return total
-
-
-def improve_policy(
-    model: DeepDynamicalModel,
-    policy: Policy,
-    optimizer: torch.optim.Optimizer,
-    starts: torch.Tensor,
-    steps: int,
-    batch: int,
-    horizon: int,
-) -> float:
-    """Policy search through the model: ascend the imagined return from start histories drawn from the data.
-
-    The model is not updated here (only the policy's parameters are in `optimizer`).
-    Shapes: `starts (N, context, latent_dim)`. Returns the mean imagined return of the last update.
-    """
-    value = float("nan")
-    for _ in range(steps):
-        chosen = starts[torch.randint(0, starts.shape[0], (batch,), device=starts.device)]
-        returns = imagined_return(model, policy, chosen, horizon)
-        optimizer.zero_grad()
-        (-returns.mean()).backward()
-        optimizer.step()
-        value = float(returns.detach().mean())
-    return value
 
 
 # the agent -----------------------------------------------------------------------------------------------
@@ -324,191 +177,95 @@ class DDMAgent:
         self.history: list[np.ndarray] = []
 
     def new_model(self) -> None:
-        """Freshly initialised model and policy (their latent space is the model's), with fresh optimisers."""
+        """Freshly initialised model and policy network (their latent space is the model's), fresh optimisers."""
         agent = self.config.agent
-        self.model = DeepDynamicalModel(
-            self.obs_shape, self.action_dim, self.bound.cpu(), latent_dim=agent.latent_dim, context=agent.context,
-            encoder=agent.encoder, encoder_hidden=agent.encoder_hidden, transition_hidden=agent.transition_hidden,
-            reward_hidden=agent.reward_hidden, stochastic=agent.stochastic, inertia=agent.inertia,
-            activation=agent.activation, latent_grad=agent.latent_grad,
-        ).to(self.device)
-        self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=agent.model_lr)
-        self.policy = Policy(agent.context, agent.latent_dim, self.bound, agent.policy_hidden).to(self.device)
-        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=agent.policy_lr)
+        self.model = DeepDynamicalModel(self.obs_shape, self.action_dim, self.bound.cpu(), **asdict(agent.model)
+                                        ).to(self.device)
+        self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=agent.fit.lr)
+        self.policy_net = Policy(agent.model.context, agent.model.latent_dim, self.bound, agent.policy.hidden
+                                 ).to(self.device)
+        self.policy_optimizer = torch.optim.Adam(self.policy_net.parameters(), lr=agent.policy.lr)
 
-    # data ------------------------------------------------------------------------------------------------
-    def dataset(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every trial so far, padded to the longest: frames (N, T + 1, C, H, W) uint8, actions (N, T, A),
-        rewards (N, T), valid (N, T) (1 where the step happened)."""
-        steps = max(len(trial.actions) for trial in self.trials)
-        count = len(self.trials)
-        frames = np.zeros((count, steps + 1, *self.obs_shape), np.uint8)
-        actions = np.zeros((count, steps, self.bound.numel()), np.float32)
-        rewards = np.zeros((count, steps), np.float32)
-        valid = np.zeros((count, steps), np.float32)
-        for index, trial in enumerate(self.trials):
-            length = len(trial.actions)
-            frames[index, : length + 1] = trial.frames
-            frames[index, length + 1 :] = trial.frames[-1]
-            actions[index, :length], rewards[index, :length], valid[index, :length] = (
-                trial.actions, trial.rewards, 1.0)
-        to = lambda array: torch.from_numpy(array).to(self.device)  # noqa: E731
-        return to(frames), to(actions), to(rewards), to(valid)
+    # the trial loop --------------------------------------------------------------------------------------
+    def train(self, run: Run) -> None:
+        agent = self.config.agent
+        env = make_env(self.config)
+        bar = run.progress(agent.trials, initial=len(self.trials), unit="trial")
+        while len(self.trials) < agent.trials and not (agent.stop_on_success and any(self.successes)):
+            number = len(self.trials) + 1
+            started = time.time()
+            controlled = number > agent.random_trials
+            losses = self.fit() if controlled else {}
+            trial, success = self.play(env, seed=self.config.seed * 1000 + number - 1, controlled=controlled)
+            self.record(run, trial, success, controlled, losses, time.time() - started)
+            bar.set_postfix(ret=f"{self.returns[-1]:.1f}", success=success, refresh=False)
+            bar.update(1)  # refreshes the bar with this trial's postfix
+            run.save_checkpoint(self.state_dict(), self.frames())
+        bar.close()
+        env.close()
 
-    def sample_windows(
-        self, rewards: torch.Tensor, valid: torch.Tensor, length: int, batch: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Trial and start indices `(batch, 1)` each of windows of `length` frames.
+    def fit(self) -> dict[str, float]:
+        """Fit the model to every trial so far (and the feedback policy, if it acts); the fits' losses.
 
-        A `focus` fraction is drawn with probability growing with the window's mean reward (standardised,
-        softmax): the states that matter for control (the pole near upright) are rare in the data, and
-        the model's errors there decide whether it can be held. The rest are uniform.
-        """
-        count, steps = rewards.shape
-        starts = steps + 2 - length
-        windows = rewards.unfold(1, length - 1, 1)[:, :starts].mean(-1)  # (count, starts)
-        usable = valid.unfold(1, length - 1, 1)[:, :starts].amin(-1) > 0
-        score = (windows - windows[usable].mean()) / windows[usable].std().clamp(min=1e-6)
-        weights = torch.where(usable, score.exp(), torch.zeros_like(score)).flatten()
-        focused = int(round(self.config.agent.focus * batch)) if weights.sum() > 0 else 0
-        flat = torch.randint(0, count * starts, (batch,), device=rewards.device)
-        if focused:
-            flat[:focused] = torch.multinomial(weights, focused, replacement=True)
-        return (flat // starts).unsqueeze(1), (flat % starts).unsqueeze(1)
-
-    def train_model(
-        self, updates: int, parameters: list[nn.Parameter] | None = None, terms: tuple[str, ...] | None = None,
-        warmup: int = 0,
-    ) -> dict[str, float]:
-        """`updates` joint updates on random windows of all trials so far; mean loss terms of the last 50.
-
-        The first `warmup` updates leave out the latent prediction term (see `Config.latent_warmup`).
-
-        `parameters` and `terms` (names of `DDMLoss` fields) restrict the update to some parameters (with a
-        fresh Adam) and some loss terms: how the auto-encoder-then-dynamics baseline is fitted.
+        From scratch (`fit.refit_from_scratch`, and always right after the random trials, keeping the model
+        made at construction for the first of those fits) or warm-started (the model keeps its weights and
+        optimiser and gets `fit.warm_updates` updates). Then the transition and reward head alone on
+        frozen latents.
         """
         agent = self.config.agent
-        frames, actions, rewards, valid = self.dataset()
-        length = agent.context + agent.prediction_horizon
-        optimizer = self.model_optimizer if parameters is None else torch.optim.Adam(parameters, lr=agent.model_lr)
-        scheduler = self.lr_scheduler(optimizer, updates)
-        weights = {"reconstruction": 1.0, "prediction_pixels": 1.0, "prediction_latent": agent.latent_weight,
-                   "reward": agent.reward_weight}
-        history = []
-        offsets = torch.arange(length, device=self.device)
-        self.model.train()
-        for update in range(updates):
-            trial, start = self.sample_windows(rewards, valid, length, agent.batch_size)
-            index = start + offsets  # (batch, length) frame indices
-            latent_weight = 0.0 if update < warmup else agent.latent_weight
-            loss = self.model.loss(frames[trial, index], actions[trial, index[:, :-1]], rewards[trial, index[:, :-1]],
-                                   valid[trial, index[:, :-1]], latent_weight, agent.reward_weight)
-            total = loss.total if terms is None else sum(weights[name] * getattr(loss, name) for name in terms)
-            optimizer.zero_grad()
-            total.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), 100.0)
-            optimizer.step()
-            scheduler.step()
-            history.append(torch.stack([term.detach() for term in loss]))
-        self.model.eval()
-        if not history:
-            return {}
-        means = torch.stack(history[-50:]).mean(0).tolist()
-        return {f"train/{name}": value for name, value in zip(loss._fields, means, strict=True)}
-
-    def fit_from_scratch(self, fresh_model: bool = True) -> dict[str, float]:
-        """`fits` fits of freshly initialised models (the first keeps the current model if not `fresh_model`);
-        the one with the lowest `pixel_score` is kept. Returns its training losses, plus (when `fits` > 1)
-        `train/fit_score` (its score) and `train/fit_chosen` (which fit it was, from 0)."""
-        agent = self.config.agent
-        updates = agent.first_train_steps
-        best = None
-        for fit in range(agent.fits):
-            if fresh_model or fit > 0:
-                self.new_model()
-            losses = self.train_model(updates, warmup=int(agent.latent_warmup * updates))
-            if agent.fits == 1:  # nothing to choose between: no score
-                return losses
-            losses.update({"train/fit_score": self.pixel_score(), "train/fit_chosen": float(fit)})
-            if best is None or losses["train/fit_score"] < best[0]["train/fit_score"]:
-                best = (losses, self.model, self.model_optimizer, self.policy, self.policy_optimizer)
-        losses, self.model, self.model_optimizer, self.policy, self.policy_optimizer = best
+        buffer = TrialBuffer.of(self.trials, self.device)
+        first = len(self.trials) == agent.random_trials
+        if first or agent.fit.refit_from_scratch:
+            losses = self.fit_from_scratch(buffer, keep_current=first)
+        else:
+            losses = agent.fit.joint(self.model, self.model_optimizer, buffer, agent.fit.warm_updates)
+        losses.update(agent.fit.dynamics(self.model, buffer))
+        if agent.controller == "policy":
+            losses["train/imagined_return"] = agent.policy.improve(self.model, self.policy_net, self.policy_optimizer,
+                                                                   self.latent_histories())
         return losses
 
-    @torch.no_grad()
-    def pixel_score(self, stride: int = 4) -> float:
-        """The model's pixel loss (reconstruction + open-loop prediction) on every `stride`-th window of the
-        data: the same windows for every model fitted on the same data, so fits can be compared."""
+    def fit_from_scratch(self, buffer: TrialBuffer, keep_current: bool = False) -> dict[str, float]:
+        """`fit.fits` fits of freshly initialised models (the first on the current model if `keep_current`);
+        the one with the lowest :func:`pixel_score` is kept. Returns its training losses, plus (when
+        `fit.fits` > 1) `train/fit_score` (its score) and `train/fit_chosen` (which fit it was, from 0)."""
+        fit = self.config.agent.fit
+        best = None
+        for attempt in range(fit.fits):
+            if attempt > 0 or not keep_current:
+                self.new_model()
+            losses = fit.joint(self.model, self.model_optimizer, buffer, fit.updates,
+                               warmup=int(fit.latent_warmup * fit.updates))
+            if fit.fits == 1:  # nothing to choose between: no score
+                return losses
+            losses.update({"train/fit_score": pixel_score(self.model, buffer, fit.prediction_horizon),
+                           "train/fit_chosen": float(attempt)})
+            if best is None or losses["train/fit_score"] < best[0]["train/fit_score"]:
+                best = (losses, self.model, self.model_optimizer, self.policy_net, self.policy_optimizer)
+        losses, self.model, self.model_optimizer, self.policy_net, self.policy_optimizer = best
+        return losses
+
+    def play(self, env: gym.Env, seed: int, controlled: bool) -> tuple[Trial, bool]:
+        """One trial, random held actions or the controller's (plus exploration noise); the trial and whether
+        the env called it a success (its info["is_success"] after the last step)."""
         agent = self.config.agent
-        frames, actions, rewards, valid = self.dataset()
-        length = agent.context + agent.prediction_horizon
-        usable = valid.unfold(1, length - 1, stride).amin(-1) > 0  # (trials, windows), as in sample_windows
-        trial, window = usable.nonzero(as_tuple=True)
-        trial, index = trial.unsqueeze(1), (window * stride).unsqueeze(1) + torch.arange(length, device=self.device)
-        loss = self.model.loss(frames[trial, index], actions[trial, index[:, :-1]], rewards[trial, index[:, :-1]],
-                               valid[trial, index[:, :-1]])
-        return float(loss.reconstruction + loss.prediction_pixels)
-
-    def lr_scheduler(self, optimizer: torch.optim.Optimizer, updates: int) -> torch.optim.lr_scheduler.LRScheduler:
-        """The learning-rate schedule of one fit of `updates` updates, starting from `model_lr` (also when the
-        optimiser is warm-started and ended the last fit near zero)."""
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] = self.config.agent.model_lr
-        if self.config.agent.model_lr_schedule == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(updates, 1))
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
-
-    def train_dynamics(self, updates: int) -> dict[str, float]:
-        """Fit the transition and reward head alone on latents encoded once (no images: ~100x cheaper
-        per update than a joint one), with the same open-loop multi-step latent and reward losses."""
-        agent = self.config.agent
-        frames, actions, rewards, valid = self.dataset()
-        with torch.no_grad():
-            latents = self.model.encode(frames)  # (N, T + 1, latent_dim)
-        parameters = [*self.model.transition_net.parameters(), *self.model.reward_net.parameters()]
-        optimizer = torch.optim.Adam(parameters, lr=agent.model_lr)
-        scheduler = self.lr_scheduler(optimizer, updates)
-        length = agent.context + agent.prediction_horizon
-        offsets = torch.arange(length, device=self.device)
-        history = []
-        for _ in range(updates):
-            trial, start = self.sample_windows(rewards, valid, length, agent.dynamics_batch)
-            index = start + offsets
-            _, latent_error, reward_error = self.model.latent_losses(
-                latents[trial, index], actions[trial, index[:, :-1]], rewards[trial, index[:, :-1]],
-                valid[trial, index[:, :-1]])
-            optimizer.zero_grad()
-            (agent.latent_weight * latent_error + agent.reward_weight * reward_error).backward()
-            optimizer.step()
-            scheduler.step()
-            history.append(torch.stack([latent_error.detach(), reward_error.detach()]))
-        if not history:
-            return {}
-        latent_error, reward_error = torch.stack(history[-50:]).mean(0).tolist()
-        return {"train/dynamics_latent": latent_error, "train/dynamics_reward": reward_error}
-
-    def latent_histories(self) -> torch.Tensor:
-        """The latent history at every frame of the data that has one: (N, context, latent_dim)."""
-        context = self.config.agent.context
-        with torch.no_grad():
-            starts = []
-            for trial in self.trials:
-                latents = self.model.encode(torch.from_numpy(trial.frames).to(self.device))
-                starts.append(latents.unfold(0, context, 1).transpose(1, 2))
-        return torch.cat(starts)
+        bound = self.bound.cpu().numpy()
+        self.reset()
+        if controlled:
+            def act(obs: np.ndarray) -> np.ndarray:
+                action = self.act(obs)
+                if agent.exploration_noise > 0:
+                    action = action + agent.exploration_noise * bound * self.rng.standard_normal(bound.shape)
+                return np.clip(action, -bound, bound).astype(np.float32)
+        else:
+            act = HeldRandomActions(bound, agent.random_hold, agent.random_bang_bang, self.rng)
+        episode = play_episode(env, act, seed, max_steps=agent.trial_steps)
+        return Trial(episode.frames, episode.actions, episode.rewards), bool(episode.success)
 
     # acting ----------------------------------------------------------------------------------------------
     def reset(self) -> None:
         self.plan = None
         self.history = []
-
-    @torch.no_grad()
-    def latest_history(self) -> torch.Tensor:
-        """The latent history of the last `context` observations seen (the first repeated at the start)."""
-        context = self.config.agent.context
-        frames = self.history[-context:]
-        frames = [frames[0]] * (context - len(frames)) + frames
-        return self.model.encode(torch.from_numpy(np.stack(frames)).to(self.device))
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """One observation -> the controller's action (deterministic given the agent's RNG state)."""
@@ -517,117 +274,88 @@ class DDMAgent:
         history = self.latest_history()
         if agent.controller == "policy":
             with torch.no_grad():
-                action = self.policy(history)
+                action = self.policy_net(history)
         else:
+            planner = agent.cem if agent.controller == "cem" else agent.gradient
             if self.plan is None:
-                self.plan = torch.zeros(agent.planning_horizon, self.bound.numel(), device=self.device)
-            if agent.controller == "cem":
-                plan = cem_plan(self.model, history, self.plan, self.bound, agent.candidates, agent.elites,
-                                agent.cem_iterations, particles=agent.particles)
-            else:
-                plan = gradient_plan(self.model, history, self.plan, self.bound, agent.candidates,
-                                     agent.gradient_iterations, agent.gradient_lr)
+                self.plan = torch.zeros(planner.horizon, self.bound.numel(), device=self.device)
+            plan = planner.plan(self.model, history, self.plan, self.bound)
             # Receding horizon: apply the first action, keep the rest as the next plan's starting point.
             self.plan = torch.cat([plan[1:], torch.zeros_like(plan[:1])])
             action = plan[0]
         return action.cpu().numpy().astype(np.float32)
 
-    def play(self, env: gym.Env, seed: int, controlled: bool) -> Trial:
-        """One trial: random held actions, or the controller (plus exploration noise)."""
-        agent = self.config.agent
-        bound = self.bound.cpu().numpy()
-        obs, info = env.reset(seed=seed)
-        self.reset()
-        frames, actions, rewards, angles = [obs], [], [], []
-        action = np.zeros_like(bound)
-        for step in range(agent.trial_steps):
-            if controlled:
-                action = self.act(obs)
-                if agent.exploration_noise > 0:
-                    action = action + agent.exploration_noise * bound * self.rng.standard_normal(bound.shape)
-            elif step % agent.random_hold == 0:
-                action = (bound * self.rng.choice([-1.0, 1.0], size=bound.shape) if agent.random_bang_bang
-                          else self.rng.uniform(-bound, bound))
-            action = np.clip(action, -bound, bound).astype(np.float32)
-            obs, reward, terminated, truncated, info = env.step(action)
-            frames.append(obs)
-            actions.append(action)
-            rewards.append(float(reward))
-            angles.append(float(info.get("angle", np.nan)))
-            if terminated or truncated:
-                break
-        return Trial(np.stack(frames), np.stack(actions), np.asarray(rewards, np.float32), np.asarray(angles))
+    @torch.no_grad()
+    def latest_history(self) -> torch.Tensor:
+        """The latent history of the last `context` observations seen (the first repeated at the start)."""
+        context = self.model.context
+        frames = self.history[-context:]
+        frames = [frames[0]] * (context - len(frames)) + frames
+        return self.model.encode(torch.from_numpy(np.stack(frames)).to(self.device))
 
-    # the trial loop --------------------------------------------------------------------------------------
-    def train(self, run: Run) -> dict:
-        agent = self.config.agent
-        env = make_env(self.config)
-        bar = run.progress(agent.trials, initial=len(self.trials), unit="trial")
-        while len(self.trials) < agent.trials and not (agent.stop_on_success and any(self.successes)):
-            index = len(self.trials)
-            started = time.time()
-            controlled = index >= agent.random_trials
-            losses: dict[str, float] = {}
-            if controlled:
-                # From scratch (refit_from_scratch) or warm-started (the model keeps its weights and optimiser
-                # and gets fewer updates); the first fit after the random trials is always from scratch.
-                fresh = index == agent.random_trials or agent.refit_from_scratch
-                losses = self.fit_from_scratch(fresh_model=index > agent.random_trials) if fresh else (
-                    self.train_model(agent.train_steps))
-                losses.update(self.train_dynamics(agent.dynamics_steps))
-                if agent.controller == "policy":
-                    losses["train/imagined_return"] = improve_policy(
-                        self.model, self.policy, self.policy_optimizer, self.latent_histories(), agent.policy_steps,
-                        agent.policy_batch, agent.policy_horizon)
-            trial = self.play(env, seed=self.config.seed * 1000 + index, controlled=controlled)
-            self.record(run, index, trial, losses, time.time() - started)
-            bar.set_postfix(ret=f"{self.returns[-1]:.1f}", success=self.successes[-1], refresh=False)
-            bar.update(1)  # refreshes the bar with this trial's postfix
-            run.save_checkpoint(self.state_dict(), self.frames())
-        bar.close()
-        env.close()
-        return self.summary()
+    def latent_histories(self) -> torch.Tensor:
+        """The latent history at every frame of the data that has one: (N, context, latent_dim)."""
+        context = self.model.context
+        with torch.no_grad():
+            starts = []
+            for trial in self.trials:
+                latents = self.model.encode(torch.from_numpy(trial.frames).to(self.device))
+                starts.append(latents.unfold(0, context, 1).transpose(1, 2))
+        return torch.cat(starts)
 
-    def record(self, run: Run, index: int, trial: Trial, losses: dict[str, float], seconds: float) -> None:
-        """Store the trial, log its figures and record it with the model's reconstructions and predictions."""
+    # recording -------------------------------------------------------------------------------------------
+    def record(self, run: Run, trial: Trial, success: bool, controlled: bool, losses: dict[str, float],
+               seconds: float) -> None:
+        """Store the trial, log its figures and record it; a controlled trial with the model's reconstructions
+        and predictions (a random trial was played before any model was fitted: it has none)."""
         self.trials.append(trial)
-        success = bool(len(trial.angles) >= SUCCESS_FRAMES
-                       and np.all(np.abs(trial.angles[-SUCCESS_FRAMES:]) < SUCCESS_ANGLE))
         self.successes.append(success)
         self.returns.append(float(trial.rewards.sum()))
-        steps = max(ERROR_STEPS)
-        frames = torch.from_numpy(trial.frames).to(self.device)
-        predictions = self.model.predict_frames(frames, torch.from_numpy(trial.actions).to(self.device), steps)
-        errors = prediction_errors(predictions, frames, ERROR_STEPS, self.config.agent.context)
-        self.model_error_10 = errors[10] if 10 in errors else float("nan")
-        metrics = {"trial/return": self.returns[-1], "trial/success": float(success), "trial/index": index,
-                   **{f"model/error_{k}": value for k, value in errors.items()}, "time/trial_s": seconds, **losses}
+        number = len(self.trials)
+        metrics = {"trial/return": self.returns[-1], "trial/success": float(success), "trial/number": number,
+                   "time/trial_s": seconds, **losses}
+        episode = {"frames": trial.frames, "actions": trial.actions, "rewards": trial.rewards, "episode": number,
+                   "trial": number, "fps": self.fps, "model_fitted": controlled}
+        if controlled:
+            frames = torch.from_numpy(trial.frames).to(self.device)
+            predictions = self.model.predict_frames(frames, torch.from_numpy(trial.actions).to(self.device),
+                                                    max(ERROR_STEPS))
+            errors = prediction_errors(predictions, frames, ERROR_STEPS, self.model.context)
+            self.model_error_10 = errors.get(10, float("nan"))
+            metrics.update({f"model/error_{k}": value for k, value in errors.items()})
+            to_uint8 = lambda images: (images * 255).round().to(torch.uint8).cpu().numpy()  # noqa: E731
+            episode.update(reconstructions=to_uint8(self.model.reconstruct(frames)), predictions=to_uint8(predictions))
         run.log(self.frames(), metrics)
-        to_uint8 = lambda images: (images * 255).round().to(torch.uint8).cpu().numpy()  # noqa: E731
-        run.record_episode({"frames": trial.frames, "actions": trial.actions, "rewards": trial.rewards,
-                            "episode": index, "trial": index, "fps": self.fps,
-                            "reconstructions": to_uint8(self.model.reconstruct(frames)),
-                            "predictions": to_uint8(predictions)})
+        run.record_episode(episode)
 
-    def frames(self) -> int:
-        return int(sum(len(trial.actions) for trial in self.trials))
+    def frames(self, trials: int | None = None) -> int:
+        """Env steps (frames acted on) of all trials, or of the first `trials`."""
+        return int(sum(len(trial.actions) for trial in self.trials[:trials]))
+
+    def success_trial(self) -> int | None:
+        """The number (from 1) of the first trial the env called a success, or None."""
+        return next((index + 1 for index, success in enumerate(self.successes) if success), None)
 
     def summary(self) -> dict:
-        success_trial = next((index for index, success in enumerate(self.successes) if success), None)
+        """env_steps are the frames acted on and episodes the trials played; success_trial counts from 1."""
         return {"env_steps": self.frames(), "episodes": len(self.trials),
-                "mean_return": float(np.mean(self.returns[-10:])) if self.returns else float("nan"),
-                "trials": len(self.trials), "success_trial": success_trial, "frames": self.frames(),
-                "model_error_10": self.model_error_10, "returns": list(self.returns),
-                "successes": list(self.successes)}
+                "mean_return": float(np.mean(self.returns[-RECENT_TRIALS:])) if self.returns else float("nan"),
+                "success_trial": self.success_trial(), "model_error_10": self.model_error_10,
+                "returns": list(self.returns), "successes": list(self.successes)}
+
+    def outcome(self) -> str:
+        number = self.success_trial()
+        if number is None:
+            return f"not solved in {len(self.trials)} trials ({self.frames():,} frames)"
+        return f"solved at trial {number} ({self.frames(number):,} frames)"
 
     # state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(), "model_optimizer": self.model_optimizer.state_dict(),
-            "policy": self.policy.state_dict(), "policy_optimizer": self.policy_optimizer.state_dict(),
+            "policy": self.policy_net.state_dict(), "policy_optimizer": self.policy_optimizer.state_dict(),
             "trials": [{"frames": torch.from_numpy(trial.frames), "actions": torch.from_numpy(trial.actions),
-                        "rewards": torch.from_numpy(trial.rewards), "angles": torch.from_numpy(trial.angles)}
-                       for trial in self.trials],
+                        "rewards": torch.from_numpy(trial.rewards)} for trial in self.trials],
             "successes": list(self.successes), "returns": list(self.returns), "model_error_10": self.model_error_10,
             "rng": generator_state(self.rng), "global_rng": rng_state(),
         }
@@ -635,12 +363,350 @@ class DDMAgent:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.model_optimizer.load_state_dict(state["model_optimizer"])
-        self.policy.load_state_dict(state["policy"])
+        self.policy_net.load_state_dict(state["policy"])
         self.policy_optimizer.load_state_dict(state["policy_optimizer"])
-        self.trials = [Trial(item["frames"].numpy(), item["actions"].numpy(), item["rewards"].numpy(),
-                             item["angles"].numpy()) for item in state["trials"]]
+        self.trials = [Trial(item["frames"].numpy(), item["actions"].numpy(), item["rewards"].numpy())
+                       for item in state["trials"]]
         self.successes = [bool(value) for value in state["successes"]]
         self.returns = [float(value) for value in state["returns"]]
         self.model_error_10 = float(state["model_error_10"])
         set_generator_state(self.rng, state["rng"])
         set_rng_state(state["global_rng"])
+
+
+class HeldRandomActions:
+    """Exploration for the first trials: a random action every `hold` steps, held in between; at +-bound
+    (`bang_bang`) or uniform within it. Call it with each observation (it ignores them)."""
+
+    def __init__(self, bound: np.ndarray, hold: int, bang_bang: bool, rng: np.random.Generator) -> None:
+        self.bound, self.hold, self.bang_bang, self.rng = bound, hold, bang_bang, rng
+        self.steps = 0
+        self.action = np.zeros_like(bound)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        if self.steps % self.hold == 0:
+            self.action = (self.bound * self.rng.choice([-1.0, 1.0], size=self.bound.shape) if self.bang_bang
+                           else self.rng.uniform(-self.bound, self.bound))
+        self.steps += 1
+        return np.clip(self.action, -self.bound, self.bound).astype(np.float32)
+
+
+# fitting -------------------------------------------------------------------------------------------------
+class Windows(NamedTuple):
+    """A batch of windows of consecutive frames of the trials: what the model's losses take."""
+
+    observations: torch.Tensor  # (batch, length, C, H, W) uint8 frames, or (batch, length, latent_dim) latents
+    actions: torch.Tensor  # (batch, length - 1, action_dim): the action out of each frame but the last
+    rewards: torch.Tensor  # (batch, length - 1): the reward of each of those steps
+    valid: torch.Tensor  # (batch, length - 1): 1 where the step happened (0 past a trial's end)
+
+
+class TrialBuffer(NamedTuple):
+    """Every trial so far, padded once to the longest (:meth:`of`), sampled as :class:`Windows`."""
+
+    observations: torch.Tensor  # (N, T + 1, C, H, W) uint8, the last frame repeated past a trial's end
+    actions: torch.Tensor  # (N, T, action_dim)
+    rewards: torch.Tensor  # (N, T)
+    valid: torch.Tensor  # (N, T): 1 where the step happened
+
+    @classmethod
+    def of(cls, trials: Iterable[Trial], device: torch.device | str = "cpu") -> TrialBuffer:
+        trials = list(trials)
+        steps = max(len(trial.actions) for trial in trials)
+        count = len(trials)
+        frames = np.zeros((count, steps + 1, *trials[0].frames.shape[1:]), np.uint8)
+        actions = np.zeros((count, steps, trials[0].actions.shape[1]), np.float32)
+        rewards = np.zeros((count, steps), np.float32)
+        valid = np.zeros((count, steps), np.float32)
+        for index, trial in enumerate(trials):
+            length = len(trial.actions)
+            frames[index, : length + 1] = trial.frames
+            frames[index, length + 1 :] = trial.frames[-1]
+            actions[index, :length], rewards[index, :length], valid[index, :length] = trial.actions, trial.rewards, 1
+        return cls(*(torch.from_numpy(array).to(device) for array in (frames, actions, rewards, valid)))
+
+    @torch.no_grad()
+    def encoded(self, model: DeepDynamicalModel) -> TrialBuffer:
+        """The same buffer with each frame replaced by its latent `(N, T + 1, latent_dim)` (no gradients):
+        fitting the transition on these involves no images (~100x cheaper per update than a joint one)."""
+        return self._replace(observations=model.encode(self.observations))
+
+    def windows(self, trial: torch.Tensor, start: torch.Tensor, length: int) -> Windows:
+        """The windows of `length` frames starting at `start` in `trial` (each `(batch, 1)` indices)."""
+        index = start + torch.arange(length, device=start.device)  # (batch, length) frame indices
+        steps = index[:, :-1]
+        return Windows(self.observations[trial, index], self.actions[trial, steps], self.rewards[trial, steps],
+                       self.valid[trial, steps])
+
+    def sample(self, length: int, batch: int, focus: float = 0.0) -> Windows:
+        """`batch` random windows of `length` frames (uniform over starts; torch's global generator).
+
+        A `focus` fraction is drawn with probability growing with the window's mean reward (standardised,
+        softmax): the states that matter for control (the pole near upright) are rare in the data, and
+        the model's errors there decide whether it can be held.
+        """
+        count, steps = self.rewards.shape
+        starts = steps + 2 - length
+        windows = self.rewards.unfold(1, length - 1, 1)[:, :starts].mean(-1)  # (count, starts)
+        usable = self.valid.unfold(1, length - 1, 1)[:, :starts].amin(-1) > 0
+        score = (windows - windows[usable].mean()) / windows[usable].std().clamp(min=1e-6)
+        weights = torch.where(usable, score.exp(), torch.zeros_like(score)).flatten()
+        focused = int(round(focus * batch)) if weights.sum() > 0 else 0
+        flat = torch.randint(0, count * starts, (batch,), device=self.rewards.device)
+        if focused:
+            flat[:focused] = torch.multinomial(weights, focused, replacement=True)
+        return self.windows((flat // starts).unsqueeze(1), (flat % starts).unsqueeze(1), length)
+
+    def every(self, length: int, stride: int) -> Windows:
+        """Every `stride`-th window of `length` frames that lies within its trial: the same windows each call."""
+        usable = self.valid.unfold(1, length - 1, stride).amin(-1) > 0  # (trials, windows)
+        trial, window = usable.nonzero(as_tuple=True)
+        return self.windows(trial.unsqueeze(1), (window * stride).unsqueeze(1), length)
+
+
+def optimise(
+    updates: int,
+    sample: Callable[[], Windows],
+    loss: Callable[[Windows, int], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    clip: tuple[list[nn.Parameter], float] | None = None,
+) -> dict[str, float]:
+    """The one fitting loop: `updates` steps of `loss(sample(), update)` -> (minimised total, named terms).
+
+    `clip` (parameters, max norm) clips their gradient norm before each step. Returns the mean of each term
+    over the last 50 updates as `train/<name>` (empty for no updates or no terms).
+    """
+    history, names = [], ()
+    for update in range(updates):
+        total, terms = loss(sample(), update)
+        optimizer.zero_grad()
+        total.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(*clip)
+        optimizer.step()
+        scheduler.step()
+        if terms:
+            names = tuple(terms)
+            history.append(torch.stack([term.detach() for term in terms.values()]))
+    if not history:
+        return {}
+    means = torch.stack(history[-50:]).mean(0).tolist()
+    return {f"train/{name}": value for name, value in zip(names, means, strict=True)}
+
+
+@torch.no_grad()
+def pixel_score(model: DeepDynamicalModel, buffer: TrialBuffer, prediction_horizon: int, stride: int = 4) -> float:
+    """The model's pixel loss (reconstruction + open-loop prediction) on every `stride`-th window of the data:
+    the same windows for every model fitted on the same data, so fits can be compared."""
+    loss = model.loss(*buffer.every(model.context + prediction_horizon, stride))
+    return float(loss.reconstruction + loss.prediction_pixels)
+
+
+@dataclass
+class Fit:
+    """How the model is fitted to the trials before each controlled trial (the `fit:` block)."""
+
+    refit_from_scratch: bool = False  # re-initialise the model before each fit (see the module docstring)
+    fits: int = 1  # models fitted from scratch each time; the one with the lowest pixel_score is kept
+    updates: int = 600  # joint updates of a fit from scratch (after the random trials, or every refit)
+    warm_updates: int = 300  # joint updates of a warm-started fit (refit_from_scratch false)
+    batch_size: int = 16  # windows per joint update
+    prediction_horizon: int = 10  # open-loop steps in the joint loss (windows of model.context + this frames)
+    lr: float = 1e-3  # Adam learning rate of the model (the peak, with a cosine schedule)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: each fit's rate decays to zero over its
+    # updates (joint and dynamics fits): the last updates average out the batch noise, so fits end less far apart
+    latent_weight: float = 10.0  # weight of the latent prediction error in the joint loss
+    reward_weight: float = 10.0  # weight of the reward error in the joint loss
+    latent_warmup: float = 0.0  # fraction of a from-scratch fit's first updates without the latent prediction
+    # term: at initialisation that term (measured in units of the latents' spread) can shrink the latents
+    # to a point before the auto-encoder spreads them (seen: seed 4 never recovered); 0 = off
+    focus: float = 0.0  # fraction of windows drawn preferring high reward (TrialBuffer.sample)
+    dynamics_updates: int = 1000  # then updates of the transition and reward head alone, on frozen latents
+    dynamics_batch: int = 64  # windows per dynamics-only update
+
+    def validate(self) -> None:
+        at_least(self, 1, "fits", "batch_size", "prediction_horizon", "dynamics_batch")
+        at_least(self, 0, "updates", "warm_updates", "dynamics_updates")
+        if not 0.0 <= self.latent_warmup < 1.0:
+            raise ConfigError(f"latent_warmup: must be in [0, 1), got {self.latent_warmup}")
+        if not 0.0 <= self.focus <= 1.0:
+            raise ConfigError(f"focus: must be in [0, 1], got {self.focus}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, updates: int) -> torch.optim.lr_scheduler.LRScheduler:
+        """The learning-rate schedule of one fit of `updates` updates, starting from `lr` (also when the
+        optimiser is warm-started and ended the last fit near zero)."""
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = self.lr
+        if self.lr_schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(updates, 1))
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+
+    def joint(self, model: DeepDynamicalModel, optimizer: torch.optim.Optimizer, buffer: TrialBuffer, updates: int,
+              warmup: int = 0) -> dict[str, float]:
+        """`updates` joint updates (DeepDynamicalModel.loss) on random windows; the first `warmup` leave out
+        the latent prediction term (`latent_warmup`). Returns the mean loss terms of the last 50 updates."""
+        length = model.context + self.prediction_horizon
+
+        def loss(windows: Windows, update: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            terms = model.loss(*windows, 0.0 if update < warmup else self.latent_weight, self.reward_weight)
+            return terms.total, terms._asdict()
+
+        model.train()
+        losses = optimise(updates, lambda: buffer.sample(length, self.batch_size, self.focus), loss, optimizer,
+                          self.scheduler(optimizer, updates), clip=(list(model.parameters()), 100.0))
+        model.eval()
+        return losses
+
+    def dynamics(self, model: DeepDynamicalModel, buffer: TrialBuffer) -> dict[str, float]:
+        """`dynamics_updates` updates of the transition and reward head alone, with a fresh Adam, on latents
+        encoded once, with the same open-loop multi-step latent and reward losses as the joint fit."""
+        latents = buffer.encoded(model)
+        length = model.context + self.prediction_horizon
+        optimizer = torch.optim.Adam([*model.transition_net.parameters(), *model.reward_net.parameters()], lr=self.lr)
+
+        def loss(windows: Windows, update: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            _, latent_error, reward_error = model.latent_losses(*windows)
+            total = self.latent_weight * latent_error + self.reward_weight * reward_error
+            return total, {"dynamics_latent": latent_error, "dynamics_reward": reward_error}
+
+        return optimise(self.dynamics_updates, lambda: latents.sample(length, self.dynamics_batch, self.focus), loss,
+                        optimizer, self.scheduler(optimizer, self.dynamics_updates))
+
+
+# planning (model-predictive control) ---------------------------------------------------------------------
+@dataclass
+class CEM:
+    """The cross-entropy method over action sequences, scored by the model's summed predicted rewards (the
+    `cem:` block).
+
+    A stochastic model scores each sequence by the mean return of `particles` sampled rollouts (as PETS
+    does): scored on one sample each, the elites are the luckiest draws, which favours the sequences whose
+    outcome the model is least sure of.
+    """
+
+    horizon: int = 25  # steps each plan looks ahead
+    candidates: int = 500  # action sequences scored at once
+    elites: int = 50  # best sequences refitted each iteration
+    iterations: int = 5  # refits per action
+    particles: int = 8  # sampled rollouts per candidate of a stochastic model, their mean return its score
+
+    def validate(self) -> None:
+        at_least(self, 1, "horizon", "candidates", "elites", "iterations", "particles")
+        if self.elites > self.candidates:
+            raise ConfigError(f"elites: must be <= candidates ({self.candidates}), got {self.elites}")
+
+    @torch.no_grad()
+    def plan(self, model: DeepDynamicalModel, history: torch.Tensor, mean: torch.Tensor, bound: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Shapes: `history (context, latent_dim)`, `mean (horizon, action_dim)` (the initial mean, e.g. the
+        last plan shifted), `bound (action_dim,)` -> the refitted mean `(horizon, action_dim)`, within the bound.
+        """
+        std = bound.expand_as(mean).clone()
+        particles = self.particles if model.stochastic else 1
+        histories = history.expand(particles * self.candidates, *history.shape)
+        for _ in range(self.iterations):
+            noise = torch.randn(self.candidates, *mean.shape, generator=generator, device=mean.device)
+            actions = torch.maximum(torch.minimum(mean + std * noise, bound), -bound)
+            actions[0] = torch.maximum(torch.minimum(mean, bound), -bound)  # the mean itself competes: never worse
+            rollouts = model.imagine(histories, actions.repeat(particles, 1, 1), sample=True)
+            returns = model.reward(rollouts).sum(-1).view(particles, self.candidates).mean(0)
+            best = actions[returns.topk(self.elites).indices]
+            mean, std = best.mean(0), best.std(0) + 1e-3 * bound
+        return mean
+
+
+@dataclass
+class GradientShooting:
+    """Gradient-based shooting (the `gradient:` block): Adam on `candidates` action sequences (the first is
+    the initial mean, the rest random) through the model, maximising the summed predicted reward; actions are
+    `bound * tanh(parameters)`."""
+
+    horizon: int = 25  # steps each plan looks ahead
+    candidates: int = 500  # action sequences optimised at once
+    iterations: int = 10  # Adam steps on the sequences per action
+    lr: float = 0.1  # Adam learning rate of the sequences
+
+    def validate(self) -> None:
+        at_least(self, 1, "horizon", "candidates", "iterations")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+
+    def plan(self, model: DeepDynamicalModel, history: torch.Tensor, mean: torch.Tensor, bound: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Shapes as in :meth:`CEM.plan`; returns the best sequence `(horizon, action_dim)`."""
+        start = torch.rand(self.candidates, *mean.shape, generator=generator, device=mean.device) * 2 - 1
+        start[0] = mean / bound
+        parameters = torch.atanh(start.clamp(-0.99, 0.99)).requires_grad_(True)
+        optimizer = torch.optim.Adam([parameters], lr=self.lr)
+        histories = history.expand(self.candidates, *history.shape)
+        for _ in range(self.iterations):
+            returns = model.reward(model.imagine(histories, bound * torch.tanh(parameters))).sum(-1)
+            optimizer.zero_grad()
+            (-returns.sum()).backward()
+            optimizer.step()
+        with torch.no_grad():
+            actions = bound * torch.tanh(parameters)
+            returns = model.reward(model.imagine(histories, actions)).sum(-1)
+            return actions[returns.argmax()]
+
+
+# the feedback policy -------------------------------------------------------------------------------------
+class Policy(nn.Module):
+    """A feedback policy on the latent history: `(..., context, latent_dim) -> (..., action_dim)` in the bound."""
+
+    def __init__(self, context: int, latent_dim: int, bound: torch.Tensor, hidden: list[int]) -> None:
+        super().__init__()
+        self.net = MLP(context * latent_dim, bound.numel(), hidden)
+        self.register_buffer("bound", bound.clone())
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        return self.bound * torch.tanh(self.net(history.flatten(-2)))
+
+
+def imagined_return(model: DeepDynamicalModel, policy: Policy, histories: torch.Tensor, horizon: int) -> torch.Tensor:
+    """Summed predicted rewards of `policy` acting for `horizon` steps in the model from each history.
+
+    Shapes: `histories (batch, context, latent_dim)` -> `(batch,)`.
+    """
+    total = torch.zeros(histories.shape[0], device=histories.device)
+    for _ in range(horizon):
+        histories = model.step(histories, policy(histories), sample=True)
+        total = total + model.reward(histories[:, -1])
+    return total
+
+
+@dataclass
+class PolicySearch:
+    """Policy search through the model (the `policy:` block): ascend the imagined return of the feedback
+    policy from start histories drawn from the data."""
+
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # policy MLP sizes
+    horizon: int = 30  # imagined steps per update
+    batch: int = 256  # imagined rollouts per update (starts drawn from the data)
+    updates: int = 200  # policy updates per trial
+    lr: float = 3e-3  # Adam learning rate of the policy
+
+    def validate(self) -> None:
+        at_least(self, 1, "horizon", "batch")
+        at_least(self, 0, "updates")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+
+    def improve(self, model: DeepDynamicalModel, policy: Policy, optimizer: torch.optim.Optimizer,
+                starts: torch.Tensor) -> float:
+        """`updates` updates of `policy` (the model is not updated: only the policy is in `optimizer`).
+
+        Shapes: `starts (N, context, latent_dim)`. Returns the mean imagined return of the last update.
+        """
+        value = float("nan")
+        for _ in range(self.updates):
+            chosen = starts[torch.randint(0, starts.shape[0], (self.batch,), device=starts.device)]
+            returns = imagined_return(model, policy, chosen, self.horizon)
+            optimizer.zero_grad()
+            (-returns.mean()).backward()
+            optimizer.step()
+            value = float(returns.detach().mean())
+        return value

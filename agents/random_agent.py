@@ -11,9 +11,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.common import env_fps, make_vec_env
-from agents.config import ConfigError, RunConfig
-from agents.run import Run, generator_state, set_generator_state
+from agents.common.agent import Every
+from agents.common.config import RunConfig, at_least
+from agents.common.envs import env_fps, make_env, make_vec_env
+from agents.common.run import Run, generator_state, set_generator_state
 
 RECENT_EPISODES = 10  # mean_return in summary.json is over this many last episodes
 
@@ -24,8 +25,7 @@ class Config:
     total_steps: int = 10_000  # env steps to play (summed over all envs)
 
     def validate(self) -> None:
-        if self.total_steps < 1:
-            raise ConfigError(f"agent.total_steps: must be >= 1, got {self.total_steps}")
+        at_least(self, 1, "total_steps")
 
 
 class RandomAgent:
@@ -49,7 +49,7 @@ class RandomAgent:
             return self.rng.integers(0, space.nvec, size=(count, *space.shape)).astype(space.dtype)
         raise TypeError(f"random agent: unsupported action space {space}")
 
-    def train(self, run: Run) -> dict:
+    def train(self, run: Run) -> None:
         total = self.config.agent.total_steps
         vec = gym.wrappers.vector.RecordEpisodeStatistics(make_vec_env(self.config))
         self.action_space = vec.single_action_space
@@ -58,6 +58,7 @@ class RandomAgent:
         obs, _ = vec.reset(seed=self.config.seed + self.env_steps)
         frames, actions, rewards = [obs[0]], [], []
         env0_resetting = False
+        log_due = Every(self.config.train.log_every, start=self.env_steps)
         bar = run.progress(total, initial=self.env_steps)
         while self.env_steps < total:
             action = self.sample(self.action_space, vec.num_envs)
@@ -80,7 +81,7 @@ class RandomAgent:
                                             "rewards": np.asarray(rewards, np.float32),
                                             "episode": self.episodes, "fps": fps})
                 bar.set_postfix(episodes=self.episodes, ret=f"{self.mean_return():.1f}", refresh=False)
-            if self.env_steps % self.config.train.log_every < vec.num_envs:
+            if log_due(self.env_steps):
                 run.log(self.env_steps, {"rollout/ep_return": self.mean_return(),
                                          "rollout/episodes": self.episodes,
                                          "time/fps": run.steps_per_second(self.env_steps)})
@@ -89,7 +90,13 @@ class RandomAgent:
         bar.close()
         vec.close()
         run.save_checkpoint(self.state_dict(), self.env_steps)
+
+    def summary(self) -> dict:
         return {"env_steps": self.env_steps, "episodes": self.episodes, "mean_return": self.mean_return()}
+
+    def outcome(self) -> str:
+        return (f"mean return {self.mean_return():.2f} over the last {len(self.recent_returns)} episodes "
+                f"({self.env_steps:,} env steps)")
 
     def mean_return(self) -> float:
         return float(np.mean(self.recent_returns)) if self.recent_returns else float("nan")
@@ -99,8 +106,6 @@ class RandomAgent:
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         if self.action_space is None:
-            from agents.common import make_env
-
             self.action_space = make_env(self.config).action_space
         return self.sample(self.action_space, 1)[0]
 

@@ -3,9 +3,9 @@
 SB3 does the learning; this module gives it pixelpilot's envs (with frames stacked on the channel axis,
 so a velocity is visible), logs to the run directory, records env 0's episodes, writes resumable
 checkpoints (weights, optimisers, counters, RNG states, loadable with ``torch.load(weights_only=True)``;
-not SB3's zip), and evaluates the deterministic policy every ``eval_every`` env steps. On an env with
-a success rule (the pixel pendulum: upright in the last 20 frames of a 100-frame episode) it also
-logs the success rate, so "frames until first success" can be read from the run.
+not SB3's zip), and evaluates the deterministic policy every ``eval_every`` env steps. On an env that
+says whether an episode succeeded (``info["is_success"]`` on its last step, as the pixel pendulum does)
+it also logs the success rate, so "frames until first success" can be read from the run.
 
     agent:
       kind: sb3
@@ -23,9 +23,9 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -39,12 +39,12 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from agents.common import env_fps, make_env
-from agents.config import ConfigError, RunConfig
-from agents.run import Run, generator_state, rng_state, set_generator_state, set_rng_state
+from agents.common.agent import EVAL_SEED_OFFSET, Every, evaluate
+from agents.common.config import ConfigError, RunConfig, at_least
+from agents.common.envs import env_fps, make_env
+from agents.common.run import Run, generator_state, rng_state, set_generator_state, set_rng_state
 
 RECENT_EPISODES = 10  # mean_return / rollout/success are over this many last episodes
-EVAL_SEED_OFFSET = 10_000  # evaluation episodes use seeds config.seed + 10000 + i, as `pixelpilot eval`
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "dqn": DQN}
 ACTION_SPACES: dict[str, tuple[type[gym.Space], ...]] = {
@@ -58,15 +58,6 @@ ACTION_SPACES: dict[str, tuple[type[gym.Space], ...]] = {
 RESERVED_KWARGS = {"policy": "agent.policy", "env": "env", "seed": "seed", "device": "train.device",
                    "policy_kwargs": "agent.policy_kwargs", "verbose": "", "tensorboard_log": "",
                    "_init_setup_model": ""}
-
-
-def success_rule(env_id: str) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The env's success test over an episode's ``info["angle"]`` sequence, or None if it has none."""
-    if env_id == "pixelpilot/Pendulum-v0":
-        from envs.pendulum import is_success
-
-        return is_success
-    return None
 
 
 def resolve_classes(kwargs: Mapping[str, Any], section: str) -> dict:
@@ -89,7 +80,8 @@ def resolve_classes(kwargs: Mapping[str, Any], section: str) -> dict:
 @dataclass
 class Config:
     kind: str = "sb3"
-    algo: str = "ppo"  # SB3 algorithm: ppo, a2c (any action space), sac, td3 (continuous), dqn (discrete)
+    # SB3 algorithm: ppo, a2c (any action space), sac, td3 (continuous), dqn (discrete)
+    algo: Literal["ppo", "a2c", "sac", "td3", "dqn"] = "ppo"
     policy: str = "CnnPolicy"  # SB3 policy alias: CnnPolicy (NatureCNN, images >= 36x36) or MlpPolicy
     total_steps: int = 100_000  # env steps to train (summed over all envs); the frame budget
     frame_stack: int = 3  # consecutive frames stacked on the channel axis, so the policy can see velocity
@@ -97,30 +89,26 @@ class Config:
     algo_kwargs: dict = field(default_factory=dict)  # passed to the SB3 constructor; SB3's defaults otherwise
     policy_kwargs: dict = field(default_factory=dict)  # SB3 policy_kwargs (activation_fn: "ReLU", ...)
     eval_every: int = 10_000  # env steps between evaluations of the deterministic policy
-    eval_episodes: int = 5  # episodes per evaluation (seeds config.seed + 10000 + i, the same each time)
+    eval_episodes: int = 5  # episodes per evaluation (the evaluation seeds, the same each time)
 
     def validate(self) -> None:
-        if self.algo not in ALGORITHMS:
-            raise ConfigError(f"agent.algo: unknown algorithm {self.algo!r} (known: {', '.join(ALGORITHMS)})")
         algorithm = ALGORITHMS[self.algo]
         if self.policy not in algorithm.policy_aliases:
-            raise ConfigError(f"agent.policy: {algorithm.__name__} has no policy {self.policy!r} "
+            raise ConfigError(f"policy: {algorithm.__name__} has no policy {self.policy!r} "
                               f"(known: {', '.join(algorithm.policy_aliases)})")
-        for key in ("total_steps", "frame_stack", "eval_every", "eval_episodes"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"agent.{key}: must be >= 1, got {getattr(self, key)}")
+        at_least(self, 1, "total_steps", "frame_stack", "eval_every", "eval_episodes")
         if self.reward_scale <= 0:
-            raise ConfigError(f"agent.reward_scale: must be > 0, got {self.reward_scale}")
+            raise ConfigError(f"reward_scale: must be > 0, got {self.reward_scale}")
         arguments = inspect.signature(algorithm.__init__).parameters
         for key in self.algo_kwargs:
             if key in RESERVED_KWARGS:
                 where = f" (set it with {RESERVED_KWARGS[key]})" if RESERVED_KWARGS[key] else ""
-                raise ConfigError(f"agent.algo_kwargs.{key}: set by pixelpilot{where}")
+                raise ConfigError(f"algo_kwargs.{key}: set by pixelpilot{where}")
             if key not in arguments:
-                raise ConfigError(f"agent.algo_kwargs.{key}: not an argument of {algorithm.__name__} "
+                raise ConfigError(f"algo_kwargs.{key}: not an argument of {algorithm.__name__} "
                                   f"(known: {', '.join(name for name in arguments if name not in RESERVED_KWARGS)})")
-        resolve_classes(self.algo_kwargs, "agent.algo_kwargs")
-        resolve_classes(self.policy_kwargs, "agent.policy_kwargs")
+        resolve_classes(self.algo_kwargs, "algo_kwargs")
+        resolve_classes(self.policy_kwargs, "policy_kwargs")
 
 
 def _encode_step(step: int | None) -> int:
@@ -175,7 +163,6 @@ class SB3Agent:
             raise ConfigError(f"agent: {agent.algo} rejects this config or env: {err}") from None
         # No SB3 output: metrics go to the run directory; SB3's train/* values are read from name_to_value.
         self.model.set_logger(Logger(folder=None, output_formats=[]))
-        self.success_rule = success_rule(config.env.id)
         self.episodes = 0
         self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self.recent_successes: deque[float] = deque(maxlen=RECENT_EPISODES)
@@ -189,7 +176,7 @@ class SB3Agent:
     def env_steps(self) -> int:
         return int(self.model.num_timesteps)
 
-    def train(self, run: Run) -> dict:
+    def train(self, run: Run) -> None:
         total = self.config.agent.total_steps
         # A resumed run reseeds from where it stopped, so its episodes differ from the first run's.
         self.vec_env.seed(self.config.seed + self.env_steps)
@@ -204,41 +191,35 @@ class SB3Agent:
             run.log(self.env_steps, self.evaluate_and_track())
         run.save_checkpoint(self.state_dict(), self.env_steps)
         self.vec_env.close()
+
+    def summary(self) -> dict:
         result = {"env_steps": self.env_steps, "episodes": self.episodes, "mean_return": self.mean_return(),
-                  "eval_return": self.last_eval["eval/return"]}
-        if self.success_rule is not None:
+                  "eval_return": self.last_eval.get("eval/return")}
+        if "eval/success" in self.last_eval:
             result.update({"eval_success": self.last_eval["eval/success"],
                            "frames_to_first_success": self.first_eval_success_step,
                            "frames_to_first_training_success": self.first_training_success_step})
         return result
 
+    def outcome(self) -> str:
+        line = (f"mean return {self.mean_return():.2f} over the last {len(self.recent_returns)} training episodes, "
+                f"{self.last_eval.get('eval/return', float('nan')):.2f} evaluated ({self.env_steps:,} env steps)")
+        if "eval/success" in self.last_eval:
+            first = self.first_eval_success_step
+            line += (f"; first evaluated success at {first:,} env steps" if first is not None
+                     else "; no evaluated success")
+        return line
+
     def mean_return(self) -> float:
         return float(np.mean(self.recent_returns)) if self.recent_returns else float("nan")
 
-    def evaluate(self, episodes: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Play ``episodes`` episodes with :meth:`act`: their returns and, if the env has a success rule,
-        whether each succeeded. Evaluation frames do not count as training env steps."""
-        if self.eval_env is None:
-            self.eval_env = make_env(self.config)
-        returns = np.zeros(episodes)
-        successes = np.zeros(episodes, dtype=bool)
-        for index in range(episodes):
-            obs, _ = self.eval_env.reset(seed=self.config.seed + EVAL_SEED_OFFSET + index)
-            self.reset()
-            angles = []
-            done = False
-            while not done:
-                obs, reward, terminated, truncated, info = self.eval_env.step(self.act(obs))
-                returns[index] += float(reward)
-                angles.append(info.get("angle", np.nan))
-                done = terminated or truncated
-            if self.success_rule is not None:
-                successes[index] = bool(self.success_rule(np.asarray(angles)))
-        return returns, (successes if self.success_rule is not None else None)
-
     def evaluate_and_track(self) -> dict[str, float]:
         """Evaluate now, remember the first success, and return the eval/* metrics."""
-        returns, successes = self.evaluate(self.config.agent.eval_episodes)
+        if self.eval_env is None:
+            self.eval_env = make_env(self.config)
+        # Evaluation frames do not count as training env steps.
+        returns, successes = evaluate(self, self.eval_env, self.config.agent.eval_episodes,
+                                      self.config.seed + EVAL_SEED_OFFSET)
         metrics = {"eval/return": float(returns.mean())}
         if successes is not None:
             metrics["eval/success"] = float(successes.mean())
@@ -310,13 +291,10 @@ class RunCallback(BaseCallback):
         self.fps = env_fps(agent.vec_env.envs[0])
 
     def _on_training_start(self) -> None:
-        train = self.run.config.train
         steps = self.num_timesteps
-        self.next_log = (steps // train.log_every + 1) * train.log_every
-        every = self.agent.config.agent.eval_every
-        self.next_eval = (steps // every + 1) * every
+        self.log_due = Every(self.run.config.train.log_every, start=steps)
+        self.eval_due = Every(self.agent.config.agent.eval_every, start=steps)
         self.start_episode(self.model._last_obs[0])
-        self.angles: list[list[float]] = [[] for _ in range(self.training_env.num_envs)]
 
     def start_episode(self, obs: np.ndarray) -> None:
         self.frames, self.actions, self.rewards = [self.newest_frame(obs)], [], []
@@ -334,8 +312,6 @@ class RunCallback(BaseCallback):
         self.actions.append(actions[0])
         self.rewards.append(rewards[0] / agent.config.agent.reward_scale)
         for index, info in enumerate(infos):
-            if agent.success_rule is not None:
-                self.angles[index].append(info["angle"])
             if dones[index]:
                 self.end_episode(index, info)
         if dones[0]:  # the envs auto-reset: new_obs[0] already starts the next episode
@@ -343,12 +319,9 @@ class RunCallback(BaseCallback):
         else:
             self.frames.append(self.newest_frame(new_obs[0]))
         metrics: dict[str, float] = {}
-        if steps >= self.next_log:
-            self.next_log = (steps // self.run.config.train.log_every + 1) * self.run.config.train.log_every
+        if self.log_due(steps):
             metrics.update(self.rollout_metrics(steps))
-        if steps >= self.next_eval:
-            every = agent.config.agent.eval_every
-            self.next_eval = (steps // every + 1) * every
+        if self.eval_due(steps):
             metrics.update(agent.evaluate_and_track())
         if metrics:
             self.run.log(steps, metrics)
@@ -360,12 +333,11 @@ class RunCallback(BaseCallback):
         agent = self.agent
         agent.episodes += 1
         agent.recent_returns.append(float(info["episode"]["r"]))
-        if agent.success_rule is not None:
-            success = bool(agent.success_rule(np.asarray(self.angles[index])))
+        if "is_success" in info:  # the env's word on the episode, read on its last step
+            success = bool(info["is_success"])
             agent.recent_successes.append(float(success))
             if success and agent.first_training_success_step is None:
                 agent.first_training_success_step = self.num_timesteps
-            self.angles[index] = []
         if index == 0:
             self.frames.append(self.newest_frame(info["terminal_observation"]))
             self.record_env0(agent.episodes)

@@ -2,7 +2,8 @@
 
 The picture, top to bottom: a heads-up line (``Trial: 3  Frame: 94  Return: -312.4  Action: +1.7``),
 the panels (the real frame; for model-based runs also the model's reconstruction and its k-step
-open-loop prediction, each labelled with its mean absolute pixel error against the real frame), an
+open-loop prediction, each labelled with its mean absolute pixel error against the real frame, or,
+for trials played before any model was fitted, dark "no model yet" panels in their place), an
 action bar, and (in the window) a key legend and a status line. Small frames are scaled up by a whole
 factor with nearest-neighbour sampling, so pixels stay crisp.
 
@@ -40,6 +41,8 @@ DIM_TEXT = (150, 150, 160)
 BAR_TRACK = (55, 55, 65)
 BAR_POSITIVE = (90, 200, 120)
 BAR_NEGATIVE = (235, 140, 60)
+NO_MODEL_FILL = (34, 34, 44)  # a model panel before any model was fitted: bluish, unlike a black frame
+NO_MODEL_TEXT = "no model yet"
 MARGIN = 8  # pixels around and between the picture's parts
 HUD_FONT_SIZE = 24  # pygame's default font; 24 is ~17 px per line
 SMALL_FONT_SIZE = 18
@@ -61,6 +64,10 @@ class Episode:
 
     ``frames[t]`` is the observation the action ``actions[t]`` was chosen from, ``rewards[t]`` the reward
     that action earned; there is one frame more than actions once the episode is over.
+
+    ``model_fitted`` is None for agents without a model; False for a model-based agent's trial played
+    before its first model was fitted (no reconstructions or predictions: the viewer keeps their panels'
+    places, drawn as "no model yet"); True when a fitted model made ``reconstructions``/``predictions``.
     """
 
     frames: list[np.ndarray]  # each (C, H, W) uint8
@@ -71,12 +78,19 @@ class Episode:
     env_id: str = ""
     reconstructions: np.ndarray | None = None  # (T+1, C, H, W) uint8, the model's reconstruction
     predictions: np.ndarray | None = None  # (K, T+1, C, H, W) uint8, [k-1, t] predicted from t-k
+    model_fitted: bool | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, np.ndarray], suffix: str = "") -> Episode:
-        """From a recorded episode's arrays (the episodes/*.npz format); ``suffix`` is added to the label."""
+        """From a recorded episode's arrays (the episodes/*.npz format); ``suffix`` is added to the label.
+
+        ``trial`` is 1-based (the first trial is 1); agents without trials write -1 or leave it out and
+        are labelled by their ``episode`` number. ``model_fitted`` (a scalar bool) is written only by
+        model-based agents.
+        """
         trial = int(data.get("trial", -1))
-        label = f"Trial: {trial}" if trial >= 0 else f"Episode: {int(data.get('episode', 0))}"
+        label = f"Trial: {trial}" if trial >= 1 else f"Episode: {int(data.get('episode', 0))}"
+        model_fitted = bool(data["model_fitted"]) if "model_fitted" in data else None
         return cls(
             frames=list(data["frames"]),
             actions=list(data["actions"]),
@@ -86,6 +100,7 @@ class Episode:
             env_id=str(data.get("env_id", "")),
             reconstructions=data.get("reconstructions"),
             predictions=data.get("predictions"),
+            model_fitted=model_fitted,
         )
 
     def return_at(self, t: int) -> float:
@@ -246,13 +261,21 @@ class Viewer:
             self.message = f"saved {self.save_png()}"
 
     # drawing --------------------------------------------------------------------------------------
-    def panel_count(self) -> int:
-        return 1 + (self.episode.reconstructions is not None) + (self.episode.predictions is not None)
+    def panel_count(self, episode: Episode | None = None) -> int:
+        """Panels of ``episode`` (default: the current one): the real frame plus its model panels."""
+        episode = self.episode if episode is None else episode
+        if episode.model_fitted is False:
+            return 3  # the reconstruction's and the prediction's places, kept so the layout does not jump
+        return 1 + (episode.reconstructions is not None) + (episode.predictions is not None)
 
-    def panel_images(self) -> list[tuple[str, np.ndarray]]:
-        """The panels of the current frame: (label, (H, W, 3) uint8), real frame first."""
+    def panel_images(self) -> list[tuple[str, np.ndarray | None]]:
+        """The panels of the current frame: (label, (H, W, 3) uint8), real frame first; the image is None
+        for a model panel of a trial played before any model was fitted (drawn as "no model yet")."""
         episode, t = self.episode, self.frame_index
         real = episode.frames[t]
+        if episode.model_fitted is False:
+            # Any arrays such an episode carries come from an untrained model: noise, not worth showing.
+            return [("real", frame_to_rgb(real, episode.env_id)), ("model", None), (f"{self.k}-step prediction", None)]
         panels = [("real", real)]
         if episode.reconstructions is not None:
             panels.append(("model", episode.reconstructions[t]))
@@ -326,7 +349,8 @@ class Viewer:
         """A size that fits the panels scaled to about ``panel_height`` (whole multiples of 16, for video)."""
         frame_height, frame_width = self.episode.frames[0].shape[1:]
         scale = max(1, panel_height // frame_height)
-        count = self.panel_count()
+        # Room for the episode with the most panels: a video's frames all have this one size.
+        count = max(self.panel_count(episode) for episode in self.episodes)
         panels_width = count * frame_width * scale + (count + 1) * MARGIN
         width = max(panels_width, self.widest_hud() + 2 * MARGIN)
         height = self._chrome_height() + frame_height * scale
@@ -348,8 +372,11 @@ class Viewer:
         surface.fill(BACKGROUND)
         surface.blit(self.hud_font.render(self.hud_text(), True, TEXT), (MARGIN, MARGIN))
         for (name, image), rect, label in zip(self.panel_images(), layout.panels, layout.labels, strict=True):
-            small = pygame.surfarray.make_surface(np.ascontiguousarray(image.transpose(1, 0, 2)))
-            surface.blit(pygame.transform.scale(small, rect.size), rect)  # scale = nearest neighbour
+            if image is None:
+                self._draw_no_model(surface, rect)
+            else:
+                small = pygame.surfarray.make_surface(np.ascontiguousarray(image.transpose(1, 0, 2)))
+                surface.blit(pygame.transform.scale(small, rect.size), rect)  # scale = nearest neighbour
             if len(layout.panels) > 1:
                 text = self.small_font.render(name, True, DIM_TEXT)
                 surface.blit(text, text.get_rect(midtop=label.midtop))
@@ -359,6 +386,15 @@ class Viewer:
             surface.blit(self.small_font.render(LEGEND, True, DIM_TEXT), layout.legend.topleft)
             surface.blit(self.small_font.render(self.status_text(), True, TEXT),
                          (layout.legend.left, layout.legend.top + line))
+
+    def _draw_no_model(self, surface: pygame.Surface, rect: pygame.Rect) -> None:
+        """A model panel's place before any model was fitted: a dark panel saying "no model yet"."""
+        pygame.draw.rect(surface, NO_MODEL_FILL, rect)
+        text = self.small_font.render(NO_MODEL_TEXT, True, DIM_TEXT)
+        clip = surface.get_clip()
+        surface.set_clip(rect)  # small frames at scale 1 are narrower than the text: keep it off the neighbours
+        surface.blit(text, text.get_rect(center=rect.center))
+        surface.set_clip(clip)
 
     def _draw_action_bar(self, surface: pygame.Surface, area: pygame.Rect) -> None:
         t = self.frame_index

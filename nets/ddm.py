@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nets.conv import ConvDecoder, ConvEncoder, to_float
-from nets.mlp import MLP, MLPDecoder, MLPEncoder
+from nets.mlp import MLP, Activation, MLPDecoder, MLPEncoder
 
-ENCODERS = ("mlp", "conv")
+Encoder = Literal["mlp", "conv"]
 
 
 class DDMLoss(NamedTuple):
@@ -90,19 +90,19 @@ class DeepDynamicalModel(nn.Module):
         action_bound: float | Sequence[float] = 1.0,
         latent_dim: int = 4,
         context: int = 2,
-        encoder: str = "mlp",
+        encoder: Encoder = "mlp",
         encoder_hidden: Sequence[int] = (256, 64),
         transition_hidden: Sequence[int] = (128, 128),
         reward_hidden: Sequence[int] = (64, 64),
         stochastic: bool = False,
         min_std: float = 0.01,
         inertia: bool = False,
-        activation: str = "elu",
+        activation: Activation = "elu",
         latent_grad: bool = True,
     ) -> None:
         super().__init__()
-        if encoder not in ENCODERS:
-            raise ValueError(f"DeepDynamicalModel: encoder must be one of {ENCODERS}, got {encoder!r}")
+        if encoder not in get_args(Encoder):
+            raise ValueError(f"DeepDynamicalModel: encoder must be one of {get_args(Encoder)}, got {encoder!r}")
         if latent_dim < 1 or context < 1:
             raise ValueError(f"DeepDynamicalModel: latent_dim and context must be >= 1, got {latent_dim}, {context}")
         self.obs_shape = tuple(int(size) for size in obs_shape)

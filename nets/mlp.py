@@ -8,10 +8,13 @@ decoded back to one logit per pixel.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
+# The names a config may give (a Literal, so the config loader checks the choice); ACTIVATIONS maps each.
+Activation = Literal["relu", "elu", "tanh", "silu", "gelu", "leaky_relu"]
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "elu": nn.ELU,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.cli import main
-from agents.run import checkpoint_paths
+from agents.common.cli import main
+from agents.common.run import checkpoint_paths
 
 
 def pixelpilot(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -85,7 +85,7 @@ def test_eval_prints_mean_and_spread_of_the_latest_checkpoint(tmp_path, capsys):
     run_dir = train(tmp_path, "agent.total_steps=800", capsys=capsys)
     assert main(["eval", str(run_dir), "--episodes", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["episodes"] == 3
+    assert result["episodes"] == 3 and result["success_rate"] == 0.0  # the env's word: random torques never hold
     assert result["min_return"] <= result["mean_return"] <= result["max_return"] < 0
     assert result["std_return"] >= 0
 
@@ -101,6 +101,7 @@ def test_eval_prints_mean_and_spread_of_the_latest_checkpoint(tmp_path, capsys):
         (["eval", "not_a_run"], "not_a_run: no such run directory"),
         (["train", "--resume", "."], "not a run directory (no config.yaml)"),
         (["bench", "ddm", "agent.planing_horizon=5"], "agent.planing_horizon: unknown key"),
+        (["bench", "ddm", "agent.planning_horizon=5"], "agent.planning_horizon: this key is now agent.cem.horizon"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expected):
@@ -111,6 +112,22 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expecte
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_train_ends_with_the_outcome_then_the_run_directory(tmp_path, capsys):
+    assert main(["train", "random_pendulum", f"train.runs_dir={tmp_path}", "agent.total_steps=800"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("mean return -") and lines[-2].endswith("(800 env steps)")
+    assert lines[-1].startswith("run: ")
+
+
+def test_resume_of_a_run_whose_config_is_not_a_mapping_is_one_line(tmp_path, capsys):
+    run_dir = train(tmp_path, "agent.total_steps=400", capsys=capsys)
+    (run_dir / "config.yaml").write_text("- a\n- list\n")
+    result = pixelpilot("train", "--resume", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "config.yaml: expected a mapping of keys at the top level, got list" in lines[0]
 
 
 def test_damaged_checkpoint_is_reported_not_traced(tmp_path, capsys):

@@ -9,10 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from agents.common import make_env
-from agents.config import ConfigError, load_config
-from agents.ddm import DDMAgent, Policy, cem_plan, gradient_plan, imagined_return, improve_policy
-from agents.run import Run, checkpoint_paths, load_checkpoint, load_episode
+from agents.common.agent import train
+from agents.common.config import ConfigError, load_config
+from agents.common.envs import make_env
+from agents.common.run import Run, checkpoint_paths, load_checkpoint, load_episode
+from agents.ddm import (
+    CEM,
+    DDMAgent,
+    GradientShooting,
+    Policy,
+    PolicySearch,
+    Trial,
+    TrialBuffer,
+    imagined_return,
+    pixel_score,
+)
 from nets.ddm import DeepDynamicalModel
 
 OBS_SHAPE = (1, 40, 40)
@@ -152,8 +163,8 @@ class LinearModel(nn.Module):
 def test_cem_finds_the_best_action_sequence_of_a_known_system():
     # From z = 0 with |a| <= 1, the best 3-step plan is a = (1, 0.5, 0): z reaches 1.5 and stays.
     torch.manual_seed(0)
-    plan = cem_plan(LinearModel(), torch.zeros(1, 1), torch.zeros(3, 1), torch.ones(1), candidates=500,
-                    elites=50, iterations=8)
+    plan = CEM(horizon=3, candidates=500, elites=50, iterations=8).plan(
+        LinearModel(), torch.zeros(1, 1), torch.zeros(3, 1), torch.ones(1))
     assert torch.allclose(plan[:, 0], torch.tensor([1.0, 0.5, 0.0]), atol=0.1)
     assert plan.abs().max() <= 1.0
 
@@ -174,16 +185,16 @@ class GambleModel(LinearModel):
 def test_cem_on_a_stochastic_model_scores_the_mean_of_particles_not_the_luckiest_sample():
     torch.manual_seed(0)
     args = (GambleModel(), torch.zeros(1, 1), torch.zeros(3, 1), torch.ones(1))
-    one = cem_plan(*args, candidates=500, elites=50, iterations=5, particles=1)
-    many = cem_plan(*args, candidates=500, elites=50, iterations=5, particles=64)
+    one = CEM(horizon=3, candidates=500, elites=50, iterations=5, particles=1).plan(*args)
+    many = CEM(horizon=3, candidates=500, elites=50, iterations=5, particles=64).plan(*args)
     assert torch.all(many < 0)  # the sure gain
     assert not torch.all(one < 0)  # one sample per sequence: the elites are lucky gambles
 
 
 def test_gradient_planner_finds_the_best_action_sequence_of_a_known_system():
     torch.manual_seed(0)
-    plan = gradient_plan(LinearModel(), torch.zeros(1, 1), torch.zeros(3, 1), torch.ones(1), candidates=64,
-                         iterations=100, lr=0.1)
+    plan = GradientShooting(horizon=3, candidates=64, iterations=100, lr=0.1).plan(
+        LinearModel(), torch.zeros(1, 1), torch.zeros(3, 1), torch.ones(1))
     assert abs(plan[:, 0].sum().item() - 1.5) < 0.05 and plan[0, 0] > 0.9
     assert plan.abs().max() <= 1.0
 
@@ -195,7 +206,7 @@ def test_policy_search_improves_imagined_return():
     starts = torch.empty(64, 1, 1).uniform_(-3, 3)
     before = imagined_return(model, policy, starts, 5).mean().item()
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
-    after = improve_policy(model, policy, optimizer, starts, steps=200, batch=64, horizon=5)
+    after = PolicySearch(horizon=5, batch=64, updates=200).improve(model, policy, optimizer, starts)
     assert after > before + 1.0
     # The learned feedback drives z towards 1.5 from both sides.
     assert policy(torch.tensor([[[-2.0]]])).item() > 0.5 and policy(torch.tensor([[[3.0]]])).item() < -0.5
@@ -204,49 +215,63 @@ def test_policy_search_improves_imagined_return():
 @pytest.mark.parametrize(
     "overrides",
     [["agent.controller=cem"], ["agent.controller=gradient"], ["agent.controller=policy"],
-     ["agent.controller=cem", "agent.stochastic=true"]],
+     ["agent.controller=cem", "agent.model.stochastic=true"]],
     ids=["cem", "gradient", "policy", "cem-stochastic"],
 )
 def test_tiny_trial_loop_logs_every_trial_and_records_predictions(tmp_path, overrides):
     config = tiny_config(tmp_path, *overrides)
-    agent = DDMAgent(config, torch.device("cpu"))
-    run = Run.create(config)
-    summary = agent.train(run)
-    run.close()
-    assert summary["trials"] == 3 and summary["frames"] == 60 and summary["env_steps"] == 60
-    assert summary["success_trial"] is None or 0 <= summary["success_trial"] < 3
+    run_dir = train(config)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["episodes"] == 3 and summary["env_steps"] == 60
+    assert summary["success_trial"] is None or 1 <= summary["success_trial"] <= 3  # trials count from 1
     assert np.isfinite(summary["model_error_10"])
-    json.dumps(summary)
-    rows = (run.dir / "metrics.csv").read_text().splitlines()
+    assert len(summary["returns"]) == len(summary["successes"]) == 3
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    for key in ("trial/return", "trial/success", "model/error_1", "model/error_5", "model/error_10", "time/trial_s"):
+    for key in ("trial/return", "trial/success", "trial/number", "model/error_1", "model/error_5", "model/error_10",
+                "time/trial_s"):
         assert key in header
     assert [int(row.split(",")[0]) for row in rows[1:]] == [20, 40, 60]
-    episode = load_episode(run.dir / "episodes" / "ep_0000002.npz")
+    numbers = [float(row.split(",")[header.index("trial/number")]) for row in rows[1:]]
+    assert numbers == [1.0, 2.0, 3.0]
+    random_trial = load_episode(run_dir / "episodes" / "ep_0000001.npz")  # played before any model was fitted
+    assert int(random_trial["trial"]) == 1 and not bool(random_trial["model_fitted"])
+    assert "reconstructions" not in random_trial and "predictions" not in random_trial
+    episode = load_episode(run_dir / "episodes" / "ep_0000002.npz")
+    assert int(episode["trial"]) == 2 and bool(episode["model_fitted"])
     assert episode["frames"].shape == (21, *OBS_SHAPE)
     assert episode["reconstructions"].shape == (21, *OBS_SHAPE) and episode["reconstructions"].dtype == np.uint8
     assert episode["predictions"].shape == (10, 21, *OBS_SHAPE)
-    assert int(episode["trial"]) == 2
+
+
+def test_run_ends_with_a_line_that_says_the_outcome(tmp_path, capsys):
+    train(tiny_config(tmp_path))
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "not solved in 3 trials (60 frames)"
+    agent = DDMAgent(tiny_config(tmp_path), torch.device("cpu"))
+    agent.trials = [Trial(np.zeros((21, *OBS_SHAPE), np.uint8), np.zeros((20, 1), np.float32), np.zeros(20, np.float32))
+                    for _ in range(3)]
+    agent.successes = [False, True, True]
+    assert agent.outcome() == "solved at trial 2 (40 frames)" and agent.success_trial() == 2
 
 
 @pytest.mark.parametrize("refit, fresh_fits", [(True, [True, True]), (False, [True, False])])
 def test_refit_from_scratch_fits_a_freshly_initialised_model_before_every_controlled_trial(
         tmp_path, monkeypatch, refit, fresh_fits):
-    config = tiny_config(tmp_path, f"agent.refit_from_scratch={str(refit).lower()}")
+    config = tiny_config(tmp_path, f"agent.fit.refit_from_scratch={str(refit).lower()}", "agent.fit.fits=1")
     agent = DDMAgent(config, torch.device("cpu"))
     fitted: list[dict] = []  # the encoder's weights after each fit (the dynamics-only fit leaves them alone)
     seen: list[bool] = []  # whether each fit started from weights no earlier fit produced
-    fit = agent.train_model
+    joint = type(config.agent.fit).joint
 
-    def watched(updates, *args, **kwargs):
-        weights = {name: value.clone() for name, value in agent.model.encoder.state_dict().items()}
+    def watched(fit, model, optimizer, buffer, updates, *args, **kwargs):
+        weights = {name: value.clone() for name, value in model.encoder.state_dict().items()}
         seen.append(not any(all(torch.equal(weights[name], old[name]) for name in weights) for old in fitted))
-        assert updates == (config.agent.first_train_steps if seen[-1] else config.agent.train_steps)
-        result = fit(updates, *args, **kwargs)
-        fitted.append({name: value.clone() for name, value in agent.model.encoder.state_dict().items()})
+        assert updates == (fit.updates if seen[-1] else fit.warm_updates)
+        result = joint(fit, model, optimizer, buffer, updates, *args, **kwargs)
+        fitted.append({name: value.clone() for name, value in model.encoder.state_dict().items()})
         return result
 
-    monkeypatch.setattr(agent, "train_model", watched)
+    monkeypatch.setattr(type(config.agent.fit), "joint", watched)
     run = Run.create(config)
     agent.train(run)
     run.close()
@@ -254,7 +279,8 @@ def test_refit_from_scratch_fits_a_freshly_initialised_model_before_every_contro
 
 
 def test_latent_warmup_leaves_the_latent_term_out_of_the_first_updates_of_a_fit_from_scratch(tmp_path, monkeypatch):
-    config = tiny_config(tmp_path, "agent.latent_warmup=0.4", "agent.first_train_steps=5", "agent.trials=2")
+    config = tiny_config(tmp_path, "agent.fit.latent_warmup=0.4", "agent.fit.updates=5", "agent.fit.fits=1",
+                         "agent.trials=2")
     agent = DDMAgent(config, torch.device("cpu"))
     weights: list[float] = []
     loss = agent.model.loss
@@ -267,14 +293,14 @@ def test_latent_warmup_leaves_the_latent_term_out_of_the_first_updates_of_a_fit_
     run = Run.create(config)
     agent.train(run)
     run.close()
-    assert weights == [0.0, 0.0] + [config.agent.latent_weight] * 3
+    assert weights == [0.0, 0.0] + [config.agent.fit.latent_weight] * 3
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_each_fit_starts_at_model_lr_and_a_cosine_schedule_decays_it_to_zero(tmp_path, schedule):
-    config = tiny_config(tmp_path, f"agent.model_lr_schedule={schedule}", "agent.model_lr=0.01")
+    config = tiny_config(tmp_path, f"agent.fit.lr_schedule={schedule}", "agent.fit.lr=0.01")
     agent = DDMAgent(config, torch.device("cpu"))
-    agent.trials.append(agent.play(make_env(config), seed=0, controlled=False))
+    buffer = TrialBuffer.of([agent.play(make_env(config), seed=0, controlled=False)[0]])
     rates: list[float] = []
     loss = agent.model.loss
 
@@ -283,8 +309,8 @@ def test_each_fit_starts_at_model_lr_and_a_cosine_schedule_decays_it_to_zero(tmp
         return loss(*args, **kwargs)
 
     agent.model.loss = watched
-    for _ in range(2):  # a warm-started optimiser starts its next fit at model_lr again
-        agent.train_model(10)
+    for _ in range(2):  # a warm-started optimiser starts its next fit at fit.lr again
+        config.agent.fit.joint(agent.model, agent.model_optimizer, buffer, 10)
         assert rates[0] == pytest.approx(0.01)
         if schedule == "cosine":
             assert rates == sorted(rates, reverse=True) and rates[-1] < 0.001
@@ -293,17 +319,16 @@ def test_each_fit_starts_at_model_lr_and_a_cosine_schedule_decays_it_to_zero(tmp
         rates.clear()
 
 
-def test_fits_keeps_the_model_with_the_lowest_pixel_score_of_several_fits_from_scratch(tmp_path):
-    config = tiny_config(tmp_path, "agent.fits=3", "agent.trials=2")
+def test_fits_keeps_the_model_with_the_lowest_pixel_score_of_several_fits_from_scratch(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, "agent.fit.fits=3", "agent.trials=2")
     agent = DDMAgent(config, torch.device("cpu"))
     scored: list[tuple[float, DeepDynamicalModel]] = []
-    score = agent.pixel_score
 
-    def watched():
-        scored.append((score(), agent.model))
+    def watched(model, buffer, horizon):
+        scored.append((pixel_score(model, buffer, horizon), model))
         return scored[-1][0]
 
-    agent.pixel_score = watched
+    monkeypatch.setattr("agents.ddm.pixel_score", watched)
     run = Run.create(config)
     agent.train(run)
     run.close()
@@ -328,32 +353,41 @@ def test_checkpoint_round_trip_gives_the_same_predictions_and_resumes_at_the_nex
     assert torch.equal(restored.model.predict_frames(frames, actions, 5), expected)
     assert restored.frames() == 40 and len(restored.trials) == 2
     restored.config = tiny_config(tmp_path, "agent.trials=3")
-    summary = restored.train(run)
-    assert summary["trials"] == 3 and summary["frames"] == 60
+    restored.train(run)
+    summary = restored.summary()
+    assert summary["episodes"] == 3 and summary["env_steps"] == 60
 
 
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("agent.controller=lqr", "agent.controller"),
-        ("agent.planning_horizon=0", "agent.planning_horizon"),
-        ("agent.latent_dim=0", "agent.latent_dim"),
-        ("agent.elites=50", "agent.elites"),
+        ("agent.controller=lqr", "agent.controller: expected one of 'cem', 'gradient', 'policy'"),
+        ("agent.cem.horizon=0", "agent.cem.horizon: must be >= 1"),
+        ("agent.model.latent_dim=0", "agent.model.latent_dim: must be >= 1"),
+        ("agent.cem.elites=50", "agent.cem.elites: must be <= candidates"),
         ("agent.action_bound=[]", "agent.action_bound"),
-        ("agent.latent_warmup=1.0", "agent.latent_warmup"),
-        ("agent.activation=swish", "agent.activation"),
-        ("agent.fits=0", "agent.fits"),
-        ("agent.model_lr_schedule=step", "agent.model_lr_schedule"),
+        ("agent.fit.latent_warmup=1.0", "agent.fit.latent_warmup"),
+        ("agent.model.activation=swish", "agent.model.activation: expected one of"),
+        ("agent.model.encoder=resnet", "agent.model.encoder: expected one of 'mlp', 'conv'"),
+        ("agent.fit.fits=0", "agent.fit.fits: must be >= 1"),
+        ("agent.fit.lr_schedule=step", "agent.fit.lr_schedule: expected one of 'constant', 'cosine'"),
+        ("agent.fit.prediction_horizon=30", "agent.fit.prediction_horizon: model.context"),
+        ("agent.model.nosuch=1", "agent.model.nosuch: unknown key"),
+        # the flat keys of older configs point to where they went
+        ("agent.cem_iterations=3", "agent.cem_iterations: this key is now agent.cem.iterations"),
+        ("agent.model_lr=0.01", "agent.model_lr: this key is now agent.fit.lr"),
+        ("agent.latent_dim=3", "agent.latent_dim: this key is now agent.model.latent_dim"),
+        ("agent.first_train_steps=3", "agent.first_train_steps: this key is now agent.fit.updates"),
     ],
 )
 def test_config_rejects_bad_input_naming_the_key(tmp_path, override, key):
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ConfigError, match=key.replace("(", r"\(")):
         tiny_config(tmp_path, override)
 
 
 def test_inertia_without_a_velocity_in_the_context_is_rejected(tmp_path):
-    with pytest.raises(ConfigError, match="agent.inertia"):
-        tiny_config(tmp_path, "agent.inertia=true", "agent.context=1")
+    with pytest.raises(ConfigError, match="agent.model.inertia"):
+        tiny_config(tmp_path, "agent.model.inertia=true", "agent.model.context=1")
 
 
 def test_action_bound_of_the_wrong_shape_is_rejected_before_anything_is_written(tmp_path):
@@ -365,15 +399,13 @@ def test_action_bound_of_the_wrong_shape_is_rejected_before_anything_is_written(
 
 @pytest.mark.slow
 def test_pendulum_swings_up_within_ten_trials(tmp_path):
-    config = load_config("ddm_pendulum", [f"train.runs_dir={tmp_path}"])
-    agent = DDMAgent(config, torch.device("cpu"))
-    run = Run.create(config)
-    summary = agent.train(run)
-    assert summary["success_trial"] is not None and summary["trials"] <= 10
+    run_dir = train(load_config("ddm_pendulum", [f"train.runs_dir={tmp_path}"]))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["success_trial"] is not None and summary["episodes"] <= 10
 
 
 def test_bench_reports_trials_frames_and_the_sb3_ratio():
-    from agents.bench_ddm import bench_ddm
+    from agents.common.bench_ddm import bench_ddm
 
     result = bench_ddm(seeds=2, config="ddm_pendulum_tiny", model_quality=False)
     assert result["frames_per_seed"] == [60, 60] and len(result["trials_to_success"]) == 2
@@ -382,7 +414,7 @@ def test_bench_reports_trials_frames_and_the_sb3_ratio():
 
 
 def test_bench_seeds_in_parallel_jobs_give_the_same_results_as_one_after_another():
-    from agents.bench_ddm import bench_ddm
+    from agents.common.bench_ddm import bench_ddm
 
     sequential = bench_ddm(seeds=2, config="ddm_pendulum_tiny", model_quality=False)
     parallel = bench_ddm(seeds=2, config="ddm_pendulum_tiny", model_quality=False, jobs=2)
@@ -391,7 +423,7 @@ def test_bench_seeds_in_parallel_jobs_give_the_same_results_as_one_after_another
 
 
 def test_model_quality_comparison_fits_both_models_on_the_same_data():
-    from agents.bench_ddm import compare_model_quality
+    from agents.common.bench_ddm import compare_model_quality
 
     result = compare_model_quality(config="ddm_pendulum_tiny", train_trials=2, test_trials=1, updates=3)
     for variant in ("joint", "sequential"):
@@ -400,16 +432,31 @@ def test_model_quality_comparison_fits_both_models_on_the_same_data():
 
 
 def test_focused_window_sampling_prefers_high_reward_windows(tmp_path):
-    agent = DDMAgent(tiny_config(tmp_path, "agent.focus=1.0"), torch.device("cpu"))
+    torch.manual_seed(0)
     rewards = torch.zeros(2, 40)
     rewards[1, 30:] = 5.0  # only the end of trial 1 is rewarding
-    valid = torch.ones(2, 40)
-    trial, start = agent.sample_windows(rewards, valid, length=6, batch=400)
-    assert trial.shape == start.shape == (400, 1)
+    # Each window's first frame holds its trial and step, so the sampled windows say where they came from.
+    frames = torch.zeros(2, 41, 1, 2, 2, dtype=torch.uint8)
+    frames[:, :, 0, 0, 0] = torch.arange(2)[:, None]
+    frames[:, :, 0, 0, 1] = torch.arange(41)
+    buffer = TrialBuffer(frames, torch.zeros(2, 40, 1), rewards, torch.ones(2, 40))
+    windows = buffer.sample(length=6, batch=400, focus=1.0)
+    assert windows.observations.shape == (400, 6, 1, 2, 2) and windows.rewards.shape == (400, 5)
+    trial, start = windows.observations[:, 0, 0, 0, 0], windows.observations[:, 0, 0, 0, 1]
+    assert torch.equal(windows.observations[:, 5, 0, 0, 1], start + 5)  # consecutive frames
     assert (trial == 1).float().mean() > 0.8 and (start[trial == 1] >= 25).float().mean() > 0.8
-    agent.config.agent.focus = 0.0
-    trial, start = agent.sample_windows(rewards, valid, length=6, batch=400)
+    trial = buffer.sample(length=6, batch=400).observations[:, 0, 0, 0, 0]
     assert 0.3 < (trial == 1).float().mean() < 0.7
+
+
+def test_trial_buffer_pads_short_trials_and_never_windows_past_their_end():
+    long = Trial(np.zeros((11, 1, 2, 2), np.uint8), np.ones((10, 1), np.float32), np.ones(10, np.float32))
+    short = Trial(np.full((5, 1, 2, 2), 7, np.uint8), np.ones((4, 1), np.float32), np.ones(4, np.float32))
+    buffer = TrialBuffer.of([long, short])
+    assert buffer.observations.shape == (2, 11, 1, 2, 2) and torch.all(buffer.observations[1, 5:] == 7)
+    assert buffer.valid[1].tolist() == [1.0] * 4 + [0.0] * 6
+    fixed = buffer.every(length=4, stride=1)  # windows of 3 steps: 8 in the long trial, 2 in the short one
+    assert fixed.valid.shape == (10, 3) and torch.all(fixed.valid == 1)
 
 
 @pytest.mark.parametrize(
@@ -418,6 +465,6 @@ def test_focused_window_sampling_prefers_high_reward_windows(tmp_path):
      (None, False, (None, None))],
 )
 def test_frame_ratio_says_which_way_an_unsolved_side_bounds_it(sb3_frames, ddm_solved, expected):
-    from agents.bench_ddm import frame_ratio
+    from agents.common.bench_ddm import frame_ratio
 
     assert frame_ratio(sb3_frames, 200_000, 1000.0, ddm_solved) == expected

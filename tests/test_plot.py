@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from agents.cli import main
-from agents.config import config_to_dict, load_config
-from agents.plot import find_runs, load_curve, mean_and_spread, plot_runs
+from agents.common.cli import main
+from agents.common.config import config_to_dict, load_config
+from agents.common.plot import find_runs, load_curve, mean_and_spread, plot_runs
 
 
 def make_run(root: Path, name: str, seed: int, rows: list[dict]) -> Path:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.config import load_config
-from agents.run import (
+from agents.common.config import load_config
+from agents.common.run import (
     Run,
     RunDirError,
     checkpoint_paths,

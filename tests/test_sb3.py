@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from agents.cli import main
-from agents.config import ConfigError, load_config
-from agents.run import Run, checkpoint_paths, load_checkpoint, load_episode
+from agents.common.cli import main
+from agents.common.config import ConfigError, load_config
+from agents.common.run import Run, checkpoint_paths, load_checkpoint, load_episode
 from agents.sb3 import SB3Agent
 
 # A few hundred pendulum steps on 2 envs: 100-step episodes, short rollouts, one evaluation episode.
@@ -105,7 +105,7 @@ def test_resume_continues_at_the_saved_step_up_to_total_steps(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("agent.algo=ddpgg", "agent.algo: unknown algorithm 'ddpgg'"),
+        ("agent.algo=ddpgg", "agent.algo: expected one of 'ppo', 'a2c', 'sac', 'td3', 'dqn', got 'ddpgg'"),
         ("agent.policy=ResNetPolicy", "agent.policy: PPO has no policy 'ResNetPolicy'"),
         ("agent.algo_kwargs={n_stepz: 8}", "agent.algo_kwargs.n_stepz: not an argument of PPO"),
         ("agent.algo_kwargs={seed: 3}", "agent.algo_kwargs.seed: set by pixelpilot (set it with seed)"),

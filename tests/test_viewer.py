@@ -13,17 +13,20 @@ import pygame  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from agents.cli import main  # noqa: E402
-from agents.common import make_env  # noqa: E402
-from agents.config import config_to_dict, load_config  # noqa: E402
-from agents.watch import live_episodes, recorded_episodes, watch  # noqa: E402
+from agents.common.cli import main  # noqa: E402
+from agents.common.config import config_to_dict, load_config  # noqa: E402
+from agents.common.envs import make_env  # noqa: E402
+from agents.common.watch import live_episodes, recorded_episodes, watch  # noqa: E402
 from envs.viewer import (  # noqa: E402
     BACKGROUND,
     BAR_NEGATIVE,
     BAR_POSITIVE,
+    DIM_TEXT,
     MARGIN,
+    NO_MODEL_FILL,
     Episode,
     Viewer,
+    export,
     frame_to_rgb,
 )
 
@@ -36,7 +39,9 @@ def frame_value(episode: int, t: int) -> int:
     return 8 * (4 * episode + t) + 7
 
 
-def fake_episode(episode: int, model: bool = False, trial: int = -1) -> dict:
+def fake_episode(episode: int, model: bool = False, trial: int = -1, fitted: bool | None = None) -> dict:
+    """A recorded episode's arrays; ``fitted`` writes ``model_fitted`` (False: a DDM trial played before
+    any model was fitted, which has no model arrays unless ``model`` adds some)."""
     frames = np.stack([np.full((1, 40, 40), frame_value(episode, t), np.uint8) for t in range(STEPS + 1)])
     data = {
         "frames": frames,
@@ -51,6 +56,8 @@ def fake_episode(episode: int, model: bool = False, trial: int = -1) -> dict:
     if model:
         data["reconstructions"] = frames // 2
         data["predictions"] = np.stack([frames // (k + 2) for k in range(1, 4)])
+    if fitted is not None:
+        data["model_fitted"] = np.array(fitted)
     return data
 
 
@@ -116,6 +123,15 @@ def test_hud_draws_trial_frame_return_and_action(tmp_path):
     assert not np.array_equal(viewer.render_frame()[: hud.height], picture[: hud.height])
 
 
+def test_hud_names_the_first_trial_trial_1_and_runs_without_trials_by_episode():
+    assert Episode.from_dict(fake_episode(0, trial=1)).label == "Trial: 1"
+    assert Viewer([Episode.from_dict(fake_episode(0, trial=1))]).hud_text().startswith("Trial: 1  Frame: 0")
+    assert Episode.from_dict(fake_episode(5)).label == "Episode: 5"  # trial -1: an agent without trials
+    without_key = fake_episode(5)
+    del without_key["trial"]
+    assert Episode.from_dict(without_key).label == "Episode: 5"
+
+
 def test_action_bar_fills_from_the_centre_towards_the_action_sign(tmp_path):
     viewer = viewer_for(make_run(tmp_path, episodes=1))
     bar = viewer.layout(SIZE).action_bar
@@ -155,6 +171,72 @@ def test_model_runs_show_reconstruction_and_selectable_k_step_prediction(tmp_pat
     assert shown_value(viewer, 2) == real // 4
     plain = viewer_for(make_run(tmp_path / "plain", episodes=1))
     assert len(plain.layout(SIZE).panels) == 1
+
+
+def no_model_yet_panel(viewer: Viewer, size: tuple[int, int]) -> np.ndarray:
+    """How a "no model yet" panel of ``size`` should look: the text centred on the dark fill, (H, W, 3)."""
+    reference = pygame.Surface(size)
+    reference.fill(NO_MODEL_FILL)
+    text = viewer.small_font.render("no model yet", True, DIM_TEXT)
+    reference.blit(text, text.get_rect(center=reference.get_rect().center))
+    return pygame.surfarray.array3d(reference).transpose(1, 0, 2)
+
+
+def test_trial_before_any_model_shows_no_model_yet_panels_in_the_model_places():
+    unfitted = Episode.from_dict(fake_episode(0, trial=1, fitted=False))
+    fitted = Episode.from_dict(fake_episode(1, model=True, trial=2, fitted=True))
+    assert unfitted.model_fitted is False and unfitted.reconstructions is None and fitted.model_fitted is True
+    viewer = Viewer([unfitted, fitted])
+    viewer.size = SIZE
+    unfitted_layout = viewer.layout(SIZE)
+    assert [(name, image is None) for name, image in viewer.panel_images()] == [
+        ("real", False), ("model", True), ("1-step prediction", True)]  # no error label without a model
+    picture = viewer.render_frame()
+    assert shown_value(viewer) == frame_value(0, 0)
+    for rect in unfitted_layout.panels[1:]:
+        drawn = picture[rect.top: rect.bottom, rect.left: rect.right]
+        assert np.array_equal(drawn, no_model_yet_panel(viewer, rect.size))
+    viewer.handle_key(pygame.K_n)
+    assert viewer.layout(SIZE).panels == unfitted_layout.panels, "the layout does not jump between trials"
+    assert viewer.panel_images()[1][0].startswith("model (err ")
+    assert viewer.render_frame().shape == picture.shape
+    assert viewer.natural_size() == Viewer([unfitted]).natural_size() == Viewer([fitted]).natural_size()
+    # An unfitted trial's arrays would be an untrained model's noise: still "no model yet".
+    noisy = Viewer([Episode.from_dict(fake_episode(0, model=True, fitted=False))])
+    assert [image is None for _, image in noisy.panel_images()] == [False, True, True]
+
+
+def mixed_episodes() -> list[Episode]:
+    """A plain episode (no model key), a DDM trial before any model was fitted, and one with a model."""
+    recorded = [fake_episode(0), fake_episode(1, trial=1, fitted=False), fake_episode(2, True, trial=2, fitted=True)]
+    return [Episode.from_dict(data) for data in recorded]
+
+
+def test_n_and_p_switch_between_trials_with_and_without_a_model_and_plain_episodes():
+    episodes = mixed_episodes()
+    viewer = Viewer(episodes)
+    viewer.size = SIZE
+    counts = []
+    for key in (pygame.K_n, pygame.K_n, pygame.K_n, pygame.K_p, pygame.K_p):
+        counts.append(len(viewer.layout(SIZE).panels))
+        assert viewer.render_frame().shape == (SIZE[1], SIZE[0], 3)
+        assert shown_value(viewer) == frame_value(viewer.episode_index, 0)
+        viewer.handle_key(key)
+    assert counts == [1, 3, 3, 1, 3], "a plain episode shows its real frame only"
+
+
+def test_export_of_trials_with_and_without_a_model_keeps_one_frame_size(tmp_path):
+    # The plain episode first: the video's size must still make room for the three-panel trials.
+    episodes = mixed_episodes()
+    assert export(episodes, tmp_path / "mixed.mp4") == 3 * (STEPS + 1)
+    frames = iio.imread(tmp_path / "mixed.mp4")
+    viewer = Viewer(episodes, show_legend=False)
+    width, height = Viewer(episodes[1:], show_legend=False).natural_size()
+    assert frames.shape == (3 * (STEPS + 1), height, width, 3)
+    for index in range(3):
+        viewer.goto_episode(index)
+        expected = viewer.render_frame((width, height)).astype(int)
+        assert np.abs(frames[index * (STEPS + 1)].astype(int) - expected).mean() < 3, f"episode {index}"
 
 
 def test_pause_speed_save_and_quit_keys(tmp_path):

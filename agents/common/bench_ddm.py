@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.common import make_env
-from agents.config import ConfigError, load_config
-from agents.ddm import DDMAgent
-from agents.run import Run, resolve_device
-from nets.ddm import prediction_errors
+from agents.common.agent import train
+from agents.common.config import ConfigError, load_config
+from agents.common.envs import make_env
+from agents.ddm import DDMAgent, Fit, TrialBuffer, Windows, optimise
+from nets.ddm import DeepDynamicalModel, prediction_errors
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SB3_RESULT = ROOT / "agents" / "baselines" / "sb3_pendulum.json"
 SB3_CONFIG = "configs/sb3_ppo_pendulum.yaml"
 
@@ -47,19 +47,13 @@ def hardware() -> dict:
 
 
 def run_seed(config_name: str, seed: int, overrides: Sequence[str], runs_dir: str, threads: int | None = None) -> dict:
-    """One agent run in-process (its run directory under `runs_dir`); the agent's summary plus wall time.
+    """One agent run in-process (its run directory under `runs_dir`): its summary.json.
 
     `threads` sets torch's thread count first (parallel seeds share the cores: one thread each)."""
     if threads is not None:
         torch.set_num_threads(threads)
     config = load_config(config_name, [f"seed={seed}", f"train.runs_dir={runs_dir}", *overrides])
-    agent = DDMAgent(config, resolve_device(config.train.device))
-    run = Run.create(config)
-    started = time.time()
-    summary = agent.train(run)
-    run.close()
-    summary["wall_s"] = time.time() - started
-    return summary
+    return json.loads((train(config) / "summary.json").read_text())
 
 
 def read_sb3_result(path: Path = SB3_RESULT) -> dict | None:
@@ -75,15 +69,10 @@ def read_sb3_result(path: Path = SB3_RESULT) -> dict | None:
 
 def rerun_sb3_baseline(path: Path = SB3_RESULT) -> dict:
     """Train SB3 with configs/sb3_ppo_pendulum.yaml and store its figures (and the command) in `path`."""
-    from agents.cli import main as cli_main
-
     with tempfile.TemporaryDirectory() as runs_dir:
-        command = ["train", SB3_CONFIG, f"train.runs_dir={runs_dir}"]
+        config = load_config(SB3_CONFIG, [f"train.runs_dir={runs_dir}"])
         started = time.time()
-        if cli_main(command) != 0:
-            raise RuntimeError(f"pixelpilot {' '.join(command)} failed")
-        summary = json.loads(next(Path(runs_dir).glob("*/*/summary.json")).read_text())
-    config = load_config(SB3_CONFIG)
+        summary = json.loads((train(config) / "summary.json").read_text())
     result = {"algo": config.agent.algo, "env_id": config.env.id, "frame_budget": summary["env_steps"],
               "frames_to_first_success": summary.get("frames_to_first_success"),
               "wall_s": round(time.time() - started, 1), "hardware": json.dumps(hardware()),
@@ -135,10 +124,9 @@ def bench_ddm(
         else:
             summaries = [run_seed(config, seed, overrides, runs_dir) for seed in range(seeds)]
         for seed, summary in enumerate(summaries):
-            success = summary["success_trial"]
-            per_seed.append({"seed": seed, "trials_to_success": None if success is None else success + 1,
-                             "frames": summary["frames"], "wall_s": summary["wall_s"],
-                             "wall_per_trial_s": summary["wall_s"] / summary["trials"],
+            per_seed.append({"seed": seed, "trials_to_success": summary["success_trial"],
+                             "frames": summary["env_steps"], "wall_s": summary["wall_s"],
+                             "wall_per_trial_s": summary["wall_s"] / summary["episodes"],
                              "returns": summary["returns"]})
     solved = [item for item in per_seed if item["trials_to_success"] is not None]
     # A seed that never succeeded counts with all its frames, fewer than it would need.
@@ -190,19 +178,16 @@ def compare_model_quality(
         run_config = load_config(config, [*overrides, f"seed={seed}"])
         agent = DDMAgent(run_config, torch.device("cpu"))
         env = make_env(run_config)
-        trials = [agent.play(env, seed=seed * 1000 + index, controlled=False)
+        trials = [agent.play(env, seed=seed * 1000 + index, controlled=False)[0]
                   for index in range(train_trials + test_trials)]
         env.close()
-        agent.trials = trials[:train_trials]
+        buffer = TrialBuffer.of(trials[:train_trials])
+        fit = run_config.agent.fit
         started = time.time()
         if variant == "joint":
-            agent.train_model(updates)
+            fit.joint(agent.model, agent.model_optimizer, buffer, updates)
         else:
-            model = agent.model
-            autoencoder = [*model.encoder.parameters(), *model.decoder.parameters()]
-            dynamics = [*model.transition_net.parameters(), *model.reward_net.parameters()]
-            agent.train_model(updates, parameters=autoencoder, terms=("reconstruction",))
-            agent.train_model(updates, parameters=dynamics, terms=("prediction_latent", "reward"))
+            fit_separately(agent.model, fit, buffer, updates)
         errors = []
         for trial in trials[train_trials:]:
             frames = torch.from_numpy(trial.frames)
@@ -211,3 +196,24 @@ def compare_model_quality(
         results[variant] = {f"error_{k}": float(np.mean([item[k] for item in errors])) for k in steps}
         results[variant]["train_s"] = round(time.time() - started, 1)
     return results
+
+
+def fit_separately(model: DeepDynamicalModel, fit: Fit, buffer: TrialBuffer, updates: int) -> None:
+    """The baseline the joint fit is compared with: `updates` updates of the auto-encoder on reconstruction
+    alone, then `updates` of the transition and reward head on the joint loss's latent and reward terms, the
+    encoder frozen (the same windows, batch size, learning-rate schedule and gradient clipping as the joint
+    fit)."""
+    length = model.context + fit.prediction_horizon
+    phases = (([*model.encoder.parameters(), *model.decoder.parameters()], ("reconstruction",)),
+              ([*model.transition_net.parameters(), *model.reward_net.parameters()], ("prediction_latent", "reward")))
+    weights = {"reconstruction": 1.0, "prediction_latent": fit.latent_weight, "reward": fit.reward_weight}
+    model.train()
+    for parameters, terms in phases:
+        def loss(windows: Windows, update: int, terms: tuple[str, ...] = terms) -> tuple[torch.Tensor, dict]:
+            values = model.loss(*windows, fit.latent_weight, fit.reward_weight)
+            return sum(weights[name] * getattr(values, name) for name in terms), {}
+
+        optimizer = torch.optim.Adam(parameters, lr=fit.lr)
+        optimise(updates, lambda: buffer.sample(length, fit.batch_size, fit.focus), loss, optimizer,
+                 fit.scheduler(optimizer, updates), clip=(list(model.parameters()), 100.0))
+    model.eval()

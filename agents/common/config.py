@@ -1,9 +1,13 @@
 """Typed, validated run configs: YAML files in ``configs/`` plus ``key.sub=value`` overrides.
 
 A config file maps onto :class:`RunConfig`; its ``agent:`` section maps onto the ``Config`` dataclass of
-the agent kind named by ``agent.kind`` (see ``agents/registry.py``). Every key is checked against the
-dataclass fields and their type hints, so a typo or a wrong type fails at load time with one line naming
-the file and the key path, before anything is written.
+the agent kind named by ``agent.kind`` (see ``agents/common/agent.py``), and each block inside it onto the
+dataclass (or constructor, through :func:`config_class`) it configures, with the same names. Every key is
+checked against the dataclass fields and their type hints (``Literal`` choices included), so a typo or a
+wrong type fails at load time with one line naming the file and the key path, before anything is written.
+
+A recipe may start from another and override only what differs: ``base: ddm_pendulum`` (a recipe name or
+a path relative to the file) loads that recipe first and merges this file's keys into it, section by section.
 
     config = load_config("configs/random_pendulum.yaml", ["seed=3", "agent.total_steps=500"])
 """
@@ -11,20 +15,58 @@ the file and the key path, before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 class ConfigError(ValueError):
-    """A config problem the user must fix; its message is one line naming the file and key path."""
+    """A config problem the user must fix; its message is one line naming the file and key path.
+
+    A block's ``validate`` raises it with the key relative to the block (``elites: must be ...``); the
+    loader puts the block's path in front (``agent.cem.elites: must be ...``).
+    """
+
+
+def at_least(block: Any, minimum: float, *keys: str) -> None:
+    """Raise a ConfigError naming the first of ``keys`` whose value in ``block`` is below ``minimum``."""
+    for key in keys:
+        value = getattr(block, key)
+        if value < minimum:
+            raise ConfigError(f"{key}: must be >= {minimum}, got {value}")
+
+
+def config_class(constructor: Callable, skip: Sequence[str] = (), name: str | None = None,
+                 validate: Callable[[Any], None] | None = None) -> type:
+    """A config dataclass whose fields are ``constructor``'s keyword arguments (less ``skip``, the ones the
+    caller fills in), with its defaults and type hints: the block maps one-to-one onto the constructor, and
+    its defaults live once, in the constructor's signature (documented in its docstring).
+
+    ``validate(block)``, if given, becomes the dataclass's ``validate`` (the loader calls it).
+    """
+    hints = typing.get_type_hints(constructor.__init__ if isinstance(constructor, type) else constructor)
+    fields = []
+    for parameter in inspect.signature(constructor).parameters.values():
+        if parameter.name in skip or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if parameter.default is parameter.empty:
+            raise TypeError(f"config_class: {constructor.__name__}({parameter.name}) has no default; skip it")
+        default = parameter.default
+        if isinstance(default, (list, dict, tuple)):
+            fields.append((parameter.name, hints.get(parameter.name, Any),
+                           field(default_factory=lambda value=default: _plain(value))))
+        else:
+            fields.append((parameter.name, hints.get(parameter.name, Any), field(default=default)))
+    namespace = {"validate": validate} if validate is not None else {}
+    return dataclasses.make_dataclass(name or f"{constructor.__name__}Config", fields, namespace=namespace)
 
 
 @dataclass
@@ -34,8 +76,7 @@ class EnvConfig:
     kwargs: dict = field(default_factory=dict)  # passed to gymnasium.make / make_vec
 
     def validate(self) -> None:
-        if self.num_envs < 1:
-            raise ConfigError(f"env.num_envs: must be >= 1, got {self.num_envs}")
+        at_least(self, 1, "num_envs")
 
 
 @dataclass
@@ -48,11 +89,9 @@ class TrainConfig:
     runs_dir: str = "runs"  # run directories go to <runs_dir>/<name>/<stamp>/
 
     def validate(self) -> None:
-        for key in ("log_every", "checkpoint_every", "record_every", "max_episode_files"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key}: must be >= 1, got {getattr(self, key)}")
+        at_least(self, 1, "log_every", "checkpoint_every", "record_every", "max_episode_files")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
-            raise ConfigError(f"train.device: expected auto, cpu or cuda[:N], got {self.device!r}")
+            raise ConfigError(f"device: expected auto, cpu or cuda[:N], got {self.device!r}")
 
 
 @dataclass
@@ -77,8 +116,20 @@ def resolve_config_path(name_or_path: str) -> Path:
 
 
 def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> RunConfig:
-    """Load, override and validate a config. Raises :class:`ConfigError` with a one-line message."""
+    """Load (with its base recipes), override and validate a config. Raises :class:`ConfigError` with a
+    one-line message."""
     path = resolve_config_path(name_or_path)
+    data = read_recipe(path)
+    for override in overrides:
+        apply_override(data, override, source=path)
+    return config_from_dict(data, source=path)
+
+
+def read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A recipe file's keys merged over those of its ``base`` recipe (recursively); ``base`` itself is dropped."""
+    if path.resolve() in seen:
+        chain = " -> ".join(str(item) for item in (*seen, path.resolve()))
+        raise ConfigError(f"{path}: base: recipes name each other in a loop ({chain})")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -86,10 +137,29 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> RunConfig:
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', err)})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
-    for override in overrides:
-        apply_override(data, override, source=path)
-    return config_from_dict(data, source=path)
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a recipe name or path, got {base!r}")
+    sibling = path.parent / (base if base.endswith((".yaml", ".yml")) else f"{base}.yaml")
+    try:
+        base_path = sibling if sibling.is_file() else resolve_config_path(base)
+    except ConfigError:
+        raise ConfigError(f"{path}: base: no recipe {base!r} (next to the file or in {CONFIG_DIR})") from None
+    return merge(read_recipe(base_path, (*seen, path.resolve())), data)
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict:
+    """``base`` with ``update``'s keys put in; mappings in both are merged the same way, anything else replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def apply_override(data: dict, override: str, source: Path | str = "<override>") -> None:
@@ -113,8 +183,10 @@ def apply_override(data: dict, override: str, source: Path | str = "<override>")
 
 def config_from_dict(data: Mapping[str, Any], source: Path | str = "<config>") -> RunConfig:
     """Build and validate a :class:`RunConfig` from plain data (a parsed YAML file)."""
-    from agents.registry import agent_config_class
+    from agents.common.agent import agent_config_class
 
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(data).__name__}")
     data = dict(data)
     agent_data = data.get("agent")
     if not isinstance(agent_data, dict) or "kind" not in agent_data:
@@ -133,23 +205,41 @@ def config_from_dict(data: Mapping[str, Any], source: Path | str = "<config>") -
 
 def config_to_dict(config: Any) -> dict:
     """The plain-data form of a config (what ``config.yaml`` in a run directory holds)."""
-    return dataclasses.asdict(config)
+    return _plain(dataclasses.asdict(config))
 
 
-def _validate(node: Any) -> None:
-    if dataclasses.is_dataclass(node):
-        for item in dataclasses.fields(node):
-            _validate(getattr(node, item.name))
-        if hasattr(node, "validate"):
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (YAML's safe dumper writes lists, not tuples)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _validate(node: Any, path: str = "") -> None:
+    """Call every block's ``validate`` (inner blocks first), putting the block's path before its messages."""
+    if not dataclasses.is_dataclass(node):
+        return
+    for item in dataclasses.fields(node):
+        _validate(getattr(node, item.name), f"{path}{item.name}.")
+    if hasattr(node, "validate"):
+        try:
             node.validate()
+        except ConfigError as err:
+            raise ConfigError(f"{path}{err}") from None
 
 
 def _build(cls: type, data: Any, path: str, field_classes: Mapping[str, type] | None = None) -> Any:
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or 'top level'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{path.rstrip('.') or 'top level'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {item.name: item for item in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
+    moved = getattr(cls, "MOVED_KEYS", {})  # old key -> its new path in this block, for a one-line pointer
+    for key in unknown:
+        if key in moved:
+            raise ConfigError(f"{path}{key}: this key is now {path}{moved[key]}")
     if unknown:
         known = ", ".join(fields)
         raise ConfigError(f"{path}{unknown[0]}: unknown key (known keys: {known})")

@@ -1,4 +1,5 @@
-"""The one entry point: ``pixelpilot ...`` and ``python -m agents ...``.
+"""The one entry point: ``pixelpilot ...`` and ``python -m agents ...``. It parses arguments and calls;
+nothing but ``agents/__main__.py`` (and the ``pixelpilot`` script) imports it.
 
     pixelpilot train CONFIG [key.sub=value ...]     train; the last line printed is "run: <run directory>"
     pixelpilot train --resume RUN_DIR               continue a killed run from its latest checkpoint
@@ -16,22 +17,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import random
 import sys
-import time
 from collections.abc import Sequence
 
-import numpy as np
-import torch
-
-from agents.config import ConfigError, load_config
-from agents.registry import agent_class
+from agents.common.config import ConfigError, load_config
 
 EXIT_BAD_INPUT = 2
 
 BENCHES = {
     "envs": "envs.bench:bench_envs",
-    "ddm": "agents.bench_ddm:bench_ddm",
+    "ddm": "agents.common.bench_ddm:bench_ddm",
 }
 
 
@@ -61,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="play a run's latest checkpoint")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--episodes", type=int, default=10)
-    evaluate.add_argument("--seed", type=int, default=None, help="first episode seed (default: config seed + 10000)")
+    evaluate.add_argument("--seed", type=int, default=None,
+                          help="first episode seed (default: config seed + 10000, the evaluation seeds)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=cmd_eval)
 
@@ -101,74 +97,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from agents.common import make_env
-    from agents.run import Run, resolve_device
+    from agents.common.agent import train
 
     if args.resume:
         if args.config or args.overrides:
             raise ConfigError("train --resume RUN_DIR takes no config or overrides (the run keeps its own)")
-        run = Run.open(args.resume)
-        config = run.config
+        run_dir = train(resume=args.resume)
     else:
         if not args.config:
             raise ConfigError("train: name a config (a path or a recipe in configs/) or --resume RUN_DIR")
-        config = load_config(args.config, args.overrides)
-        make_env(config).close()  # a bad env id or kwarg fails here, before the run directory exists
-        run = None
-    seed_everything(config.seed)
-    agent = agent_class(config.agent.kind)(config, resolve_device(config.train.device))
-    if run is None:
-        run = Run.create(config)
-    else:
-        state = run.load_latest_checkpoint()
-        if state is not None:
-            agent.load_state_dict(state)
-    try:
-        result = agent.train(run)
-    finally:
-        run.close()
-    summary = {**result, "wall_s": round(time.time() - run.started, 2)}
-    run.write_summary(summary)
-    print(f"mean return (last episodes): {summary['mean_return']:.2f}  env steps: {summary['env_steps']}")
-    print(f"run: {run.dir}")
+        run_dir = train(load_config(args.config, args.overrides))
+    print(f"run: {run_dir}")
     return 0
 
 
-def load_trained_agent(run_dir: str):
-    """The agent of a run directory with its latest checkpoint loaded, and the run's config."""
-    from agents.run import RunDirError, checkpoint_paths, load_checkpoint, load_run_config
-
-    config = load_run_config(run_dir)
-    paths = checkpoint_paths(run_dir)
-    if not paths:
-        raise RunDirError(f"{run_dir}: run has no checkpoint yet")
-    agent = agent_class(config.agent.kind)(config, torch.device("cpu"))
-    agent.load_state_dict(load_checkpoint(paths[-1])["agent"])
-    return agent, config
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from agents.common import evaluate
+    from agents.common.agent import EVAL_SEED_OFFSET, evaluate, load_trained_agent
+    from agents.common.envs import make_env
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes: must be >= 1, got {args.episodes}")
     agent, config = load_trained_agent(args.run_dir)
-    seed = config.seed + 10_000 if args.seed is None else args.seed
-    returns = evaluate(agent, config, args.episodes, seed)
+    seed = config.seed + EVAL_SEED_OFFSET if args.seed is None else args.seed
+    env = make_env(config)
+    returns, successes = evaluate(agent, env, args.episodes, seed)
+    env.close()
     result = {"episodes": args.episodes, "mean_return": float(returns.mean()), "std_return": float(returns.std()),
               "min_return": float(returns.min()), "max_return": float(returns.max())}
+    if successes is not None:
+        result["success_rate"] = float(successes.mean())
     if args.json:
         print(json.dumps(result))
     else:
+        solved = f", success {result['success_rate']:.0%}" if successes is not None else ""
         print(f"return over {args.episodes} episodes: {result['mean_return']:.2f} ± {result['std_return']:.2f} "
-              f"(min {result['min_return']:.2f}, max {result['max_return']:.2f})")
+              f"(min {result['min_return']:.2f}, max {result['max_return']:.2f}{solved})")
     return 0
 
 
@@ -184,7 +148,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from agents.watch import watch
+    from agents.common.watch import watch
 
     written = watch(args.run_dir, live=args.live, export_path=args.export, episodes=args.episodes, k=args.k)
     if written is not None:
@@ -193,7 +157,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from agents.plot import plot_runs
+    from agents.common.plot import plot_runs
 
     print(f"wrote: {plot_runs(args.run_dirs, out=args.out, key=args.key)}")
     return 0
@@ -219,6 +183,3 @@ def format_figures(result: dict, indent: str = "") -> str:
             lines.append(f"{indent}ratio: {bound}{result['ratio']:,.1f}x")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.config import ConfigError
-from agents.run import RunDirError, atomic_write, load_run_config
+from agents.common.config import ConfigError
+from agents.common.run import RunDirError, atomic_write, load_run_config
 
 DEFAULT_KEYS = ("rollout/ep_return", "trial/return")  # the first one a run logs is plotted by default
 TRIAL_RETURN = "trial/return"

@@ -1,14 +1,11 @@
-"""Pieces every agent shares: making its envs from the config and playing evaluation episodes."""
+"""Making an agent's envs from its config: one env, the vector env, and the env's frame rate."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import gymnasium as gym
-import numpy as np
 
 import envs  # noqa: F401  (registers pixelpilot/...)
-from agents.config import ConfigError, RunConfig
+from agents.common.config import ConfigError, RunConfig
 
 
 def make_env(config: RunConfig, render_mode: str | None = None) -> gym.Env:
@@ -41,19 +38,3 @@ def make_vec_env(config: RunConfig) -> gym.vector.VectorEnv:
 def env_fps(env: gym.Env | gym.vector.VectorEnv) -> float:
     """The env's real frame rate (its ``render_fps``), 30 if it does not say."""
     return float(env.metadata.get("render_fps") or 30)
-
-
-def evaluate(agent: Any, config: RunConfig, episodes: int, seed: int) -> np.ndarray:
-    """Play ``episodes`` episodes with ``agent.act`` (deterministic); returns their returns."""
-    env = make_env(config)
-    returns = np.zeros(episodes)
-    for index in range(episodes):
-        obs, _ = env.reset(seed=seed + index)
-        agent.reset()
-        done = False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(agent.act(obs))
-            returns[index] += float(reward)
-            done = terminated or truncated
-    env.close()
-    return returns

@@ -30,7 +30,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from agents.config import ConfigError, RunConfig, config_from_dict, config_to_dict
+from agents.common.agent import Every
+from agents.common.config import ConfigError, RunConfig, config_from_dict, config_to_dict
 
 CHECKPOINT_PREFIX = "step_"
 CHECKPOINTS_KEPT = 2
@@ -85,28 +86,23 @@ def set_generator_state(generator: np.random.Generator, state: Mapping[str, Any]
     generator.bit_generator.state = restore(dict(state))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Run:
     """One run directory, open for writing (a new run or a resumed one)."""
 
-    def __init__(self, directory: Path, config: RunConfig, resumed: bool = False) -> None:
+    def __init__(self, directory: Path, config: RunConfig) -> None:
         self.dir = directory
         self.config = config
-        self.resumed = resumed
         self.checkpoint_dir = directory / "checkpoints"
         self.episode_dir = directory / "episodes"
         self.metrics_path = directory / "metrics.csv"
         self.started = time.time()
-        self._next_checkpoint = config.train.checkpoint_every
+        self._checkpoint_clock = Every(config.train.checkpoint_every)
         self._columns: list[str] = []
         self._writer = None
         self._best_return = -float("inf")
-        self._last_recorded = -1  # the record_every bucket of the newest ep_*.npz
+        # Agents may offer only some episodes (e.g. those of env 0), so "due" means the first one offered in
+        # each block of record_every episodes, not only exact multiples.
+        self._record_clock = Every(config.train.record_every, start=-1)
         self._rate_mark = (self.started, 0)  # (time, env step) of the last steps_per_second call
 
     @classmethod
@@ -128,13 +124,13 @@ class Run:
     def open(cls, directory: str | Path) -> Run:
         """Reopen an existing run directory (to resume it)."""
         directory = Path(directory)
-        run = cls(directory, load_run_config(directory), resumed=True)
+        run = cls(directory, load_run_config(directory))
         if run.metrics_path.exists():
             with open(run.metrics_path, newline="") as file:
                 run._columns = next(csv.reader(file), [])[2:]
         recorded = sorted(run.episode_dir.glob("ep_*.npz"))
         if recorded:
-            run._last_recorded = int(recorded[-1].stem[3:]) // run.config.train.record_every
+            run._record_clock = Every(run.config.train.record_every, start=int(recorded[-1].stem[3:]))
         best = run.episode_dir / "best.npz"
         if best.exists():
             run._best_return = float(load_episode(best)["return_"])
@@ -191,17 +187,14 @@ class Run:
     def progress(self, total: int, initial: int = 0, unit: str = "step") -> tqdm:
         """A progress bar on the terminal; its rate is steps/s. Set episodes/returns with set_postfix."""
         self._rate_mark = (time.time(), initial)
-        return tqdm(total=total, initial=initial, unit=unit, unit_scale=True, dynamic_ncols=True,
+        # unit_scale writes 20000 steps as 20.0k, but would write 3 of 10 trials as 3.00/10.0
+        return tqdm(total=total, initial=initial, unit=unit, unit_scale=unit == "step", dynamic_ncols=True,
                     mininterval=0.5, desc=self.config.name)
 
     # checkpoints ----------------------------------------------------------------------------------
     def checkpoint_due(self, step: int) -> bool:
         """True once per ``train.checkpoint_every`` env steps."""
-        if step < self._next_checkpoint:
-            return False
-        every = self.config.train.checkpoint_every
-        self._next_checkpoint = (step // every + 1) * every
-        return True
+        return self._checkpoint_clock(step)
 
     def save_checkpoint(self, state: dict, step: int) -> Path:
         """Write ``checkpoints/step_<step>.pt`` atomically; keep the newest few."""
@@ -217,7 +210,7 @@ class Run:
         if not paths:
             return None
         payload = load_checkpoint(paths[-1])
-        self._next_checkpoint = payload["step"] + self.config.train.checkpoint_every
+        self._checkpoint_clock = Every(self.config.train.checkpoint_every, start=payload["step"])
         if self.metrics_path.exists():
             kept = self._rewrite_metrics(lambda row: int(row["step"]) <= payload["step"])
             if kept:  # wall time continues from the checkpoint instead of restarting at 0
@@ -228,8 +221,9 @@ class Run:
     def record_episode(self, episode: Mapping[str, Any]) -> Path | None:
         """Keep an episode (see the module docstring for the format) if it is due or the best so far.
 
-        ``episode`` needs ``frames``, ``actions``, ``rewards`` and ``episode`` (its index); ``return_``,
-        ``trial`` (-1), ``fps`` and ``env_id`` are filled in when missing.
+        ``episode`` needs ``frames``, ``actions``, ``rewards`` and ``episode`` (its number); ``return_``,
+        ``trial`` (-1: not a trial agent; trials are numbered from 1), ``fps`` and ``env_id`` are filled in
+        when missing.
         """
         data = dict(episode)
         data.setdefault("return_", float(np.sum(data["rewards"])))
@@ -238,16 +232,12 @@ class Run:
         data.setdefault("env_id", self.config.env.id)
         index = int(data["episode"])
         is_best = data["return_"] > self._best_return
-        # Agents may offer only some episodes (e.g. those of env 0), so "due" means the first one offered
-        # in each block of record_every episodes, not only exact multiples.
-        bucket = index // self.config.train.record_every
-        due = bucket > self._last_recorded
+        due = self._record_clock(index)
         if not (is_best or due):
             return None
         payload = {key: np.asarray(value) for key, value in data.items()}
         written = None
         if due:
-            self._last_recorded = bucket
             written = self.episode_dir / f"ep_{index:07d}.npz"
             atomic_write(written, lambda file: np.savez_compressed(file, **payload))
             for old in sorted(self.episode_dir.glob("ep_*.npz"))[: -self.config.train.max_episode_files]:

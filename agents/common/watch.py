@@ -14,16 +14,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
 
-from agents.common import env_fps, make_env
-from agents.config import ConfigError
-from agents.run import RunDirError, load_episode, load_run_config
+from agents.common.agent import EVAL_SEED_OFFSET, Agent, episode_steps, load_trained_agent
+from agents.common.config import ConfigError
+from agents.common.envs import env_fps, make_env
+from agents.common.run import RunDirError, load_episode, load_run_config
 from envs.viewer import EXPORT_FORMATS, Episode, NoDisplayError, Viewer, export
 
-LIVE_SEED_OFFSET = 10_000  # live episodes are seeded like `pixelpilot eval`: config seed + 10000 + index
 NO_DISPLAY_HINT = "no display: set DISPLAY (run where a screen is, or ssh -X), or use --export FILE.mp4"
 
 
@@ -51,27 +50,25 @@ def recorded_episodes(run_dir: Path, last: int | None = None) -> list[Episode]:
     return [Episode.from_dict(data, suffix=suffix) for data, suffix in loaded]
 
 
-def live_episodes(agent: Any, env: gym.Env, seed: int) -> Iterator[Episode]:
-    """Play episodes with ``agent.act`` forever; yield the episode being played each time it gains a frame.
+def live_episodes(agent: Agent, env: gym.Env, seed: int) -> Iterator[Episode]:
+    """Play episodes with ``agent.act`` forever (seeds ``seed``, ``seed + 1``, ...); yield the episode being
+    played each time it gains a frame.
 
-    ``frames[t]`` is shown with the action chosen from it, so the action is appended before the yield
-    and the env is stepped after it (the newest frame of a finished episode has no action).
+    ``frames[t]`` is shown with the action chosen from it, so each step's action is appended and yielded
+    before its next frame is (the newest frame of a finished episode has no action).
     """
     fps = env_fps(env)
     env_id = env.spec.id if env.spec is not None else ""
     for index in itertools.count():
-        obs, _ = env.reset(seed=seed + index)
         agent.reset()
-        episode = Episode(frames=[obs], label=f"Episode: {index + 1}", fps=fps, env_id=env_id)
-        done = False
-        while not done:
-            action = agent.act(obs)
-            episode.actions.append(action)
+        episode = None
+        for step in episode_steps(env, agent.act, seed + index):
+            if episode is None:
+                episode = Episode(frames=[step.obs], label=f"Episode: {index + 1}", fps=fps, env_id=env_id)
+            episode.actions.append(step.action)
             yield episode
-            obs, reward, terminated, truncated, _ = env.step(action)
-            episode.frames.append(obs)
-            episode.rewards.append(float(reward))
-            done = terminated or truncated
+            episode.frames.append(step.next_obs)
+            episode.rewards.append(step.reward)
         yield episode
 
 
@@ -122,12 +119,10 @@ def watch(
             return target
         show(Viewer(shown, k=k, screenshot_dir=run_dir / "screenshots"), run_dir)
         return None
-    from agents.cli import load_trained_agent
-
-    agent, config = load_trained_agent(str(run_dir))
+    agent, config = load_trained_agent(run_dir)
     env = make_env(config)
     try:
-        stream = live_episodes(agent, env, config.seed + LIVE_SEED_OFFSET)
+        stream = live_episodes(agent, env, config.seed + EVAL_SEED_OFFSET)
         if target is not None:
             export(play_episodes(stream, episodes or 1), target, k=k, action_space=env.action_space)
             return target
