@@ -1,4 +1,4 @@
-"""Shared torch networks: image encoders and decoders, auto-encoders, recurrent cores, deep dynamical models.
+"""Shared torch networks: image encoders and decoders, auto-encoders, RNN cores, deep dynamical models, Q-networks.
 
 Every module takes its hyperparameters as keyword arguments named like the config keys, so
 `nets.build({"kind": "conv_encoder", "in_shape": [3, 64, 64], "latent_dim": 32})` and
@@ -24,9 +24,18 @@ from nets.autoencoders import (
     VariationalLoss,
     reconstruction_loss,
 )
-from nets.conv import ConvDecoder, ConvEncoder, MinAtarEncoder, NatureEncoder, conv_output_sizes, to_float
+from nets.conv import (
+    ConvDecoder,
+    ConvEncoder,
+    ImpalaEncoder,
+    MinAtarEncoder,
+    NatureEncoder,
+    conv_output_sizes,
+    to_float,
+)
 from nets.ddm import DeepDynamicalModel
 from nets.mlp import ACTIVATIONS, MLP, MLPDecoder, MLPEncoder, make_activation
+from nets.q import NoisyLinear, QNetwork, categorical_projection
 from nets.rnn import RNNCore, RNNState
 
 __all__ = [
@@ -40,28 +49,34 @@ __all__ = [
     "ConvEncoder",
     "DeepDynamicalModel",
     "DenoisingAutoEncoder",
+    "ImpalaEncoder",
     "MLPDecoder",
     "MLPEncoder",
     "MinAtarEncoder",
     "NatureEncoder",
+    "NoisyLinear",
+    "QNetwork",
     "RNNCore",
     "RNNState",
     "StackedAutoEncoder",
     "VariationalAutoEncoder",
     "VariationalLoss",
     "build",
+    "categorical_projection",
     "conv_output_sizes",
     "make_activation",
     "reconstruction_loss",
     "to_float",
 ]
 
-# Config `kind` -> constructor. Auto-encoder kinds take their `encoder` and `decoder` as nested configs.
+# Config `kind` -> constructor. Auto-encoder kinds take their `encoder` and `decoder` as nested configs,
+# "q_network" its `encoder`.
 KINDS: dict[str, Callable[..., nn.Module]] = {
     "conv_encoder": ConvEncoder,
     "conv_decoder": ConvDecoder,
     "nature_encoder": NatureEncoder,
     "minatar_encoder": MinAtarEncoder,
+    "impala_encoder": ImpalaEncoder,
     "mlp": MLP,
     "mlp_encoder": MLPEncoder,
     "mlp_decoder": MLPDecoder,
@@ -71,6 +86,7 @@ KINDS: dict[str, Callable[..., nn.Module]] = {
     "stacked_autoencoder": StackedAutoEncoder,
     "variational_autoencoder": VariationalAutoEncoder,
     "ddm": DeepDynamicalModel,
+    "q_network": QNetwork,
 }
 
 

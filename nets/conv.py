@@ -227,3 +227,63 @@ class MinAtarEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         _assert_images(images, self.in_shape, "MinAtarEncoder")
         return self.head(self.convs(images))
+
+
+class _ResidualBlock(nn.Module):
+    """`x + conv(relu(conv(relu(x))))` with 3x3 convolutions that keep the channels and the size."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, 3, 1, 1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # Not in-place: `features` is still needed for the skip connection.
+        return features + self.conv1(torch.relu(self.conv0(torch.relu(features))))
+
+
+class ImpalaEncoder(nn.Module):
+    """The "deep" ResNet body of IMPALA (Espeholt et al. 2018), then a dense layer.
+
+    Each entry of `channels` is one stage: conv 3x3 -> max-pool 3x3 stride 2 (padding 1) -> two residual
+    blocks (relu, conv 3x3, relu, conv 3x3, plus the skip). After the stages: relu, flatten, dense
+    `features_dim`, relu. Each stage halves the image rounding up (84 -> 42 -> 21 -> 11, 10 -> 5 -> 3 -> 2)
+    and never below 1x1, so any image size works.
+
+    Args:
+        in_shape: image shape `(channels, height, width)`, e.g. `(4, 84, 84)` Atari or `(6, 10, 10)` MinAtar.
+        channels: output channels of each stage.
+        features_dim: size of the final dense layer.
+
+    Shapes: `(batch, channels, height, width) float in [0, 1] -> (batch, features_dim)`.
+    """
+
+    def __init__(
+        self, in_shape: Sequence[int], channels: Sequence[int] = (16, 32, 32), features_dim: int = 256
+    ) -> None:
+        super().__init__()
+        self.in_shape = _check_image_shape(in_shape, "in_shape")
+        if not channels:
+            raise ValueError("ImpalaEncoder: channels must name at least one stage")
+        if features_dim < 1:
+            raise ValueError(f"ImpalaEncoder: features_dim must be at least 1, got {features_dim}")
+        layers: list[nn.Module] = []
+        in_channels = self.in_shape[0]
+        for out_channels in channels:
+            layers += [
+                nn.Conv2d(in_channels, out_channels, 3, 1, 1),
+                nn.MaxPool2d(3, 2, 1),
+                _ResidualBlock(out_channels),
+                _ResidualBlock(out_channels),
+            ]
+            in_channels = out_channels
+        layers += [nn.ReLU(), nn.Flatten()]
+        self.convs = nn.Sequential(*layers)
+        with torch.no_grad():
+            flat_dim = self.convs(torch.zeros(1, *self.in_shape)).shape[1]
+        self.head = nn.Sequential(nn.Linear(flat_dim, features_dim), nn.ReLU())
+        self.features_dim = features_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        _assert_images(images, self.in_shape, "ImpalaEncoder")
+        return self.head(self.convs(images))

@@ -18,7 +18,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from nets import build
 
-ENCODER_KINDS = ("conv_encoder", "nature_encoder", "minatar_encoder", "mlp_encoder")
+ENCODER_KINDS = ("conv_encoder", "nature_encoder", "minatar_encoder", "impala_encoder", "mlp_encoder")
 
 
 class PixelEncoderExtractor(BaseFeaturesExtractor):

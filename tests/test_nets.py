@@ -3,6 +3,8 @@ auto-encoders that learn, RNN resets, and the Stable-Baselines3 feature extracto
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -17,8 +19,9 @@ from nets.autoencoders import (
     VariationalAutoEncoder,
     VariationalLoss,
 )
-from nets.conv import ConvDecoder, ConvEncoder, MinAtarEncoder, NatureEncoder, to_float
+from nets.conv import ConvDecoder, ConvEncoder, ImpalaEncoder, MinAtarEncoder, NatureEncoder, to_float
 from nets.mlp import MLP, MLPDecoder, MLPEncoder
+from nets.q import NoisyLinear, QNetwork, categorical_projection
 from nets.rnn import RNNCore
 
 torch.set_num_threads(1)
@@ -303,6 +306,7 @@ BUILD_CONFIGS = {
     "conv_decoder": {"kind": "conv_decoder", "out_shape": [3, 40, 40], "latent_dim": 8, "channels": [16, 8]},
     "nature_encoder": {"kind": "nature_encoder", "in_shape": [4, 84, 84]},
     "minatar_encoder": {"kind": "minatar_encoder", "in_shape": [6, 10, 10], "features_dim": 64},
+    "impala_encoder": {"kind": "impala_encoder", "in_shape": [4, 10, 10], "channels": [4, 8], "features_dim": 16},
     "mlp": {"kind": "mlp", "in_dim": 5, "out_dim": 2, "hidden": [8], "layer_norm": True},
     "mlp_encoder": {"kind": "mlp_encoder", "in_shape": [1, 10, 10], "latent_dim": 3},
     "mlp_decoder": {"kind": "mlp_decoder", "out_shape": [1, 10, 10], "latent_dim": 3},
@@ -325,6 +329,14 @@ BUILD_CONFIGS = {
         "decoder": {"kind": "mlp_decoder", "out_shape": [1, 10, 10], "latent_dim": 3},
         "beta": 2.0,
     },
+    "q_network": {
+        "kind": "q_network",
+        "encoder": {"kind": "minatar_encoder", "in_shape": [6, 10, 10], "features_dim": 32},
+        "num_actions": 3,
+        "hidden": 0,
+        "dueling": True,
+        "atoms": 5,
+    },
 }
 
 
@@ -339,6 +351,9 @@ def test_build_makes_each_kind_from_its_config(kind: str) -> None:
     assert isinstance(module, nets.KINDS[kind])
     if kind == "ddm":
         assert module.encode(torch.zeros(2, 1, 40, 40, dtype=torch.uint8)).shape == (2, 3)
+    elif kind == "q_network":
+        assert module(torch.zeros(2, 6, 10, 10, dtype=torch.uint8)).shape == (2, 3)
+        assert module.log_probs(torch.zeros(2, 6, 10, 10, dtype=torch.uint8)).shape == (2, 3, 5)
     elif "in_shape" in config or "encoder" in config:
         in_shape = config.get("in_shape") or config["encoder"]["in_shape"]
         output = module(torch.rand(2, *in_shape))
@@ -451,3 +466,279 @@ def test_sb3_extractor_rejects_non_image_spaces_and_decoders() -> None:
         PixelEncoderExtractor(spaces.Box(0, 1, (4,)))
     with pytest.raises(ValueError, match="unknown encoder kind 'conv_decoder'"):
         PixelEncoderExtractor(spaces.Box(0, 255, (1, 16, 16), dtype=np.uint8), kind="conv_decoder")
+
+
+# ---------------------------------------------------------------- DQN / Rainbow value networks
+
+MINATAR_SHAPE = (4, 10, 10)
+
+
+@pytest.mark.parametrize("shape", [(4, 10, 10), (4, 84, 84)], ids=["10x10", "84x84"])
+def test_impala_encoder_outputs_features_dim_at_minatar_and_atari_sizes(shape: tuple[int, int, int]) -> None:
+    torch.manual_seed(0)
+    encoder = ImpalaEncoder(shape)
+    assert encoder.features_dim == 256
+    features = encoder(torch.rand(3, *shape))
+    assert features.shape == (3, 256)
+    assert (features >= 0).all(), "the final dense layer is followed by a ReLU"
+    small = ImpalaEncoder(shape, channels=(8, 8), features_dim=32)
+    assert small.features_dim == 32
+    assert small(torch.rand(3, *shape)).shape == (3, 32)
+
+
+def test_impala_encoder_stages_halve_the_image_rounding_up() -> None:
+    encoder = ImpalaEncoder((4, 84, 84), channels=(16, 32, 32))
+    # 84 -> 42 -> 21 -> 11 spatially, 32 channels in the last stage.
+    assert encoder.head[0].in_features == 32 * 11 * 11
+    assert ImpalaEncoder((4, 10, 10)).head[0].in_features == 32 * 2 * 2
+
+
+def minatar_q_network(**head: object) -> QNetwork:
+    """A MinAtar-sized Q-network over 3 actions with a 32-feature MinAtarEncoder (seeded)."""
+    torch.manual_seed(0)
+    return QNetwork(MinAtarEncoder(MINATAR_SHAPE, features_dim=32), num_actions=3, **head)
+
+
+def random_observations(count: int = 5, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (count, *MINATAR_SHAPE), dtype=torch.uint8, generator=generator)
+
+
+@pytest.mark.parametrize("hidden", [0, 128])
+@pytest.mark.parametrize("atoms", [1, 51])
+@pytest.mark.parametrize("noisy", [False, True], ids=["plain", "noisy"])
+@pytest.mark.parametrize("dueling", [False, True], ids=["single", "dueling"])
+def test_q_network_shapes_for_every_head_option(dueling: bool, noisy: bool, atoms: int, hidden: int) -> None:
+    network = minatar_q_network(hidden=hidden, dueling=dueling, noisy=noisy, atoms=atoms)
+    observations = random_observations()
+    q_values = network(observations)
+    assert q_values.shape == (5, 3) and q_values.dtype == torch.float32
+    torch.testing.assert_close(network(to_float(observations)), q_values, msg="uint8 input is scaled by 1/255")
+    head_layers = [module for name, module in network.named_modules() if not name.startswith("encoder")]
+    noisy_layers = sum(isinstance(module, NoisyLinear) for module in head_layers)
+    plain_layers = sum(isinstance(module, torch.nn.Linear) for module in head_layers)
+    expected_layers = (2 if hidden else 1) * (2 if dueling else 1)
+    assert (noisy_layers, plain_layers) == ((expected_layers, 0) if noisy else (0, expected_layers))
+    if atoms == 1:
+        assert network.support is None
+        with pytest.raises(ValueError, match="atoms > 1"):
+            network.log_probs(observations)
+        with pytest.raises(ValueError, match="atoms > 1"):
+            network.q_and_log_probs(observations)
+        return
+    torch.testing.assert_close(network.support, torch.linspace(-10.0, 10.0, 51))
+    log_probs = network.log_probs(observations)
+    assert log_probs.shape == (5, 3, 51)
+    torch.testing.assert_close(log_probs.exp().sum(dim=-1), torch.ones(5, 3))
+    torch.testing.assert_close(q_values, (log_probs.exp() * network.support).sum(dim=-1), msg="Q is the mean return")
+    joint_q_values, joint_log_probs = network.q_and_log_probs(observations)
+    torch.testing.assert_close(joint_q_values, q_values)
+    torch.testing.assert_close(joint_log_probs, log_probs)
+
+
+@pytest.mark.parametrize("atoms", [1, 5])
+def test_dueling_q_is_unchanged_by_a_constant_added_to_every_advantage(atoms: int) -> None:
+    network = minatar_q_network(hidden=0, dueling=True, atoms=atoms)
+    observations = random_observations()
+
+    def outputs() -> torch.Tensor:
+        return network(observations) if atoms == 1 else network.log_probs(observations)
+
+    with torch.no_grad():
+        before = outputs()
+        # The same shift for every action (one per atom): `V + A - mean_a A` must cancel it exactly.
+        network.advantage.bias += torch.randn(atoms).repeat(3) * 5
+        torch.testing.assert_close(outputs(), before)
+
+
+def test_dueling_q_averages_to_the_value_stream_over_actions() -> None:
+    network = minatar_q_network(hidden=0, dueling=True)
+    observations = random_observations()
+    with torch.no_grad():
+        q_values = network(observations)
+        value = network.value(network.encoder(to_float(observations)))
+        torch.testing.assert_close(q_values.mean(dim=1, keepdim=True), value)
+        network.value.bias += 2.0
+        torch.testing.assert_close(network(observations), q_values + 2.0, msg="V shifts every action alike")
+
+
+def test_noisy_linear_initialisation_follows_fortunato_et_al() -> None:
+    torch.manual_seed(0)
+    layer = NoisyLinear(64, 10, sigma0=0.4)
+    bound = 1 / 8
+    assert layer.weight_mu.abs().max() <= bound and layer.bias_mu.abs().max() <= bound
+    assert layer.weight_mu.std() > 0.5 * bound / 3**0.5, "mu is spread over the whole interval"
+    torch.testing.assert_close(layer.weight_sigma, torch.full((10, 64), 0.4 * bound))
+    torch.testing.assert_close(layer.bias_sigma, torch.full((10,), 0.4 * bound))
+
+
+def test_noisy_linear_train_output_changes_after_reset_noise_and_eval_uses_mean_weights() -> None:
+    torch.manual_seed(0)
+    layer = NoisyLinear(6, 4)
+    inputs = torch.randn(7, 2, 6)
+    first = layer(inputs)
+    assert first.shape == (7, 2, 4)
+    torch.testing.assert_close(layer(inputs), first, msg="the noise stays fixed between resets")
+    layer.reset_noise()
+    second = layer(inputs)
+    assert not torch.allclose(first, second)
+    # The weight noise is factorised: weight - mu = sigma * outer(epsilon_out, epsilon_in).
+    noise_only = second - torch.nn.functional.linear(inputs, layer.weight_mu, layer.bias_mu)
+    weight_noise = layer.weight_sigma * torch.outer(layer.epsilon_out, layer.epsilon_in)
+    expected = torch.nn.functional.linear(inputs, weight_noise, layer.bias_sigma * layer.epsilon_out)
+    torch.testing.assert_close(noise_only, expected)
+    layer.eval()
+    mean_output = torch.nn.functional.linear(inputs, layer.weight_mu, layer.bias_mu)
+    torch.testing.assert_close(layer(inputs), mean_output)
+    layer.reset_noise()
+    torch.testing.assert_close(layer(inputs), mean_output, msg="eval mode ignores the noise")
+
+
+def test_noisy_linear_state_dict_round_trip_keeps_the_noise() -> None:
+    torch.manual_seed(0)
+    layer = NoisyLinear(5, 3)
+    layer.reset_noise()
+    assert {"epsilon_in", "epsilon_out"} <= set(layer.state_dict())
+    torch.manual_seed(1)
+    copy = NoisyLinear(5, 3)
+    inputs = torch.randn(4, 5)
+    assert not torch.allclose(copy(inputs), layer(inputs))
+    copy.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(copy(inputs), layer(inputs))
+
+
+def test_noisy_linear_learns_its_noise_scale() -> None:
+    torch.manual_seed(0)
+    layer = NoisyLinear(5, 3)
+    layer(torch.randn(4, 5)).pow(2).sum().backward()
+    assert layer.weight_sigma.grad is not None and layer.weight_sigma.grad.abs().sum() > 0
+    assert layer.bias_sigma.grad is not None and layer.bias_sigma.grad.abs().sum() > 0
+
+
+def test_q_network_reset_noise_resamples_only_noisy_heads_in_train_mode() -> None:
+    observations = random_observations()
+    noisy = minatar_q_network(hidden=16, dueling=True, noisy=True, atoms=5)
+    before = noisy(observations)
+    noisy.reset_noise()
+    assert not torch.allclose(noisy(observations), before)
+    noisy.eval()
+    greedy = noisy(observations)
+    noisy.reset_noise()
+    torch.testing.assert_close(noisy(observations), greedy)
+    plain = minatar_q_network(hidden=16)
+    before = plain(observations)
+    plain.reset_noise()
+    torch.testing.assert_close(plain(observations), before)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"num_actions": 0}, "num_actions"),
+        ({"hidden": -1}, "hidden"),
+        ({"atoms": 0}, "atoms"),
+        ({"atoms": 51, "v_min": 10.0, "v_max": -10.0}, "v_min"),
+        ({"atoms": 51, "v_min": 1.0, "v_max": 1.0}, "v_max"),
+    ],
+    ids=["num_actions", "hidden", "atoms", "v_min_above_v_max", "v_min_equals_v_max"],
+)
+def test_q_network_rejects_invalid_arguments_naming_them(kwargs: dict, argument: str) -> None:
+    arguments = {"num_actions": 3, **kwargs}
+    with pytest.raises(ValueError, match=argument):
+        QNetwork(MinAtarEncoder(MINATAR_SHAPE), **arguments)
+
+
+def test_q_network_rejects_encoder_without_features_dim() -> None:
+    with pytest.raises(ValueError, match="features_dim"):
+        QNetwork(torch.nn.Flatten(), num_actions=2)
+
+
+C51_SUPPORT = torch.linspace(-10.0, 10.0, 51)
+
+
+def random_distributions(batch: int, atoms: int = 51, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, atoms, generator=generator).mul(2).softmax(dim=-1)
+
+
+def reference_projection(
+    next_probs: torch.Tensor, rewards: torch.Tensor, discounts: torch.Tensor, support: torch.Tensor
+) -> torch.Tensor:
+    """Algorithm 1 of Bellemare et al. 2017, one atom at a time in float64, with the `floor == ceil` case."""
+    v_min, v_max, atoms = support[0].item(), support[-1].item(), support.shape[0]
+    spacing = (v_max - v_min) / (atoms - 1)
+    projected = torch.zeros(next_probs.shape, dtype=torch.float64)
+    for row in range(next_probs.shape[0]):
+        for atom in range(atoms):
+            probability = next_probs[row, atom].item()
+            target = rewards[row].item() + discounts[row].item() * support[atom].item()
+            position = (min(max(target, v_min), v_max) - v_min) / spacing
+            lower, upper = math.floor(position), math.ceil(position)
+            if lower == upper:
+                projected[row, lower] += probability
+            else:
+                projected[row, lower] += probability * (upper - position)
+                projected[row, upper] += probability * (position - lower)
+    return projected.float()
+
+
+def test_categorical_projection_rows_sum_to_one() -> None:
+    generator = torch.Generator().manual_seed(0)
+    rewards = torch.randn(64, generator=generator) * 8
+    discounts = torch.where(torch.rand(64, generator=generator) < 0.2, 0.0, 0.99)
+    projected = categorical_projection(random_distributions(64), rewards, discounts, C51_SUPPORT)
+    assert projected.shape == (64, 51)
+    assert (projected >= 0).all()
+    torch.testing.assert_close(projected.sum(dim=-1), torch.ones(64))
+
+
+def test_categorical_projection_terminal_puts_all_mass_at_the_reward() -> None:
+    # Discount 0: the whole distribution collapses onto the reward, whatever the next state's was.
+    rewards = torch.tensor([0.0, 1.2, 0.3, -10.0, 10.0])
+    projected = categorical_projection(random_distributions(5), rewards, torch.zeros(5), C51_SUPPORT)
+    expected = torch.zeros(5, 51)
+    expected[0, 25] = 1.0  # exactly on an atom: whole, not lost to the floor == ceil case
+    expected[1, 28] = 1.0
+    expected[2, 25], expected[2, 26] = 0.25, 0.75  # 0.3 lies three quarters of the way from 0.0 to 0.4
+    expected[3, 0] = 1.0
+    expected[4, 50] = 1.0
+    torch.testing.assert_close(projected, expected)
+
+
+def test_categorical_projection_clamps_returns_beyond_the_support() -> None:
+    rewards = torch.tensor([100.0, -100.0, 25.0])
+    discounts = torch.tensor([0.99, 0.99, 1.0])
+    projected = categorical_projection(random_distributions(3), rewards, discounts, C51_SUPPORT)
+    expected = torch.zeros(3, 51)
+    expected[0, 50] = expected[1, 0] = expected[2, 50] = 1.0
+    torch.testing.assert_close(projected, expected)
+
+
+def test_categorical_projection_matches_slow_reference() -> None:
+    generator = torch.Generator().manual_seed(0)
+    batch = 32
+    # Rewards on multiples of the atom spacing with discount 1 shift the support exactly onto itself.
+    rewards = torch.cat([torch.randn(batch - 8, generator=generator) * 6, torch.arange(-4, 4) * 0.4])
+    discounts = torch.cat([torch.rand(batch - 8, generator=generator), torch.ones(8)])
+    discounts[:4] = 0.0
+    for atoms, support in ((51, C51_SUPPORT), (11, torch.linspace(-1.0, 4.0, 11))):
+        next_probs = random_distributions(batch, atoms, seed=atoms)
+        projected = categorical_projection(next_probs, rewards, discounts, support)
+        torch.testing.assert_close(projected, reference_projection(next_probs, rewards, discounts, support))
+
+
+@pytest.mark.parametrize("dueling", [False, True], ids=["single", "dueling"])
+def test_q_network_regresses_fixed_q_targets(dueling: bool) -> None:
+    torch.manual_seed(0)
+    network = QNetwork(MinAtarEncoder(MINATAR_SHAPE, features_dim=64), num_actions=2, hidden=0, dueling=dueling)
+    observations = (torch.rand(64, *MINATAR_SHAPE) < 0.2).to(torch.uint8) * 255
+    targets = torch.randn(64, 2)
+    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(300):
+        loss = (network(observations) - targets).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], f"loss fell only from {losses[0]:.3f} to {losses[-1]:.3f}"
