@@ -1,0 +1,462 @@
+"""Replay memory for DQN/Rainbow: each frame stored once in uint8, frame stacks and n-step returns built when sampled.
+
+Like Dopamine's replay (and unlike SB3's, which stores whole stacks, ``stack`` times the memory), every env step
+stores only the newest frame of its observation; the stack of ``stack`` frames and the n-step return are
+rebuilt at sampling time. Optional prioritised replay (Schaul et al. 2016, proportional variant) samples from a
+sum-tree; without it the same tree holds 1 per sampleable transition, so both modes share one sampler. The tree
+has BRANCHING children per node, not 2: a descent costs a few kernel launches per level whatever the branching,
+and 32 children take 1M slots in 4 levels instead of 20 (on a GPU the launches, not the arithmetic, are the cost).
+
+    replay = FrameReplay(capacity=100_000, num_envs=8, frame_shape=(1, 84, 84), stack=4, n_step=3,
+                         prioritized=True, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    store = torch.ones(8, dtype=torch.bool)
+    ...
+    replay.add(newest_frames, actions, rewards, terminated, truncated, next_newest_frames, mask=store)
+    store = ~(terminated | truncated)  # next-step autoreset: the step after an episode's end is no transition
+    batch = replay.sample(32, beta=0.4)
+    replay.update_priorities(batch.indices, td_errors.abs())
+
+Layout. The capacity is split evenly into one stream per env (``capacity // num_envs`` slots each); the entries
+of a stream are written one after another, wrapping around. Each stored env step is one entry (its frame,
+action, reward, flags); a step that ends an episode adds a second, non-sampleable entry holding the episode's
+final frame, so the episode's last transition has its true next observation. The entries of one episode are
+therefore consecutive in their stream, and the next episode starts right after the final-frame entry.
+
+Validity. Each slot records the absolute position of its entry in the stream (counting every entry ever
+written, -1 = empty) and the position of its episode's first entry; each stream counts the entries written
+to it (``cursor``). An entry at position ``p`` is sampleable when
+    * it is a transition (not a final-frame entry),
+    * the frames of its stack are still held: ``max(p - stack + 1, episode_start) >= cursor - slots``,
+    * its n-step window is complete: every entry it reads up to its next observation ``p + k`` has been
+      written (``p + k < cursor``), ``k = n_step`` or fewer when the episode ends within the window.
+Validity is a pure function of these counters, so after each ``add`` it is recomputed for the only slots
+whose status can change: each stream's newest ``n_step + 2`` entries (windows completed, entries written)
+and its oldest ``stack - 1`` (stack history overwritten). The cached flag sets each slot's tree leaf: 0 while
+invalid, so an invalid slot is never drawn, and the current maximum priority when it becomes valid. A window
+does not change once complete, so its return, discount and length are kept per slot from then on: sampling
+reads them instead of summing again.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["FrameReplay", "ReplaySamples"]
+
+
+class ReplaySamples(NamedTuple):
+    """A batch of n-step transitions (all tensors on the replay's device)."""
+
+    observations: torch.Tensor  # (batch, stack * C, H, W) uint8: the stacked observation at t, oldest frame first
+    actions: torch.Tensor  # (batch,) int64
+    returns: torch.Tensor  # (batch,) float32: r_t + g r_{t+1} + ... + g^(k-1) r_{t+k-1}, k <= n (cut at episode end)
+    next_observations: torch.Tensor  # (batch, stack * C, H, W) uint8: the stacked observation at t + k
+    discounts: torch.Tensor  # (batch,) float32: g^k, or 0 when the episode terminated within those k steps
+    weights: torch.Tensor  # (batch,) float32 importance weights, max-normalised to 1 (all 1 without priorities)
+    indices: torch.Tensor  # (batch,) int64 slots, for update_priorities
+
+
+class _Window(NamedTuple):
+    """The n-step windows of a set of entries."""
+
+    complete: torch.Tensor  # (m,) bool: a stored transition, and every entry read up to the next observation
+    # at t + k is written
+    steps: torch.Tensor  # (m,) int64: k, the rewards summed (n, or fewer when the episode ends)
+    returns: torch.Tensor  # (m,) float32
+    discounts: torch.Tensor  # (m,) float32: gamma^k, or 0 when the episode terminated within the window
+
+
+BRANCHING = 32  # children per node of the sum-tree
+
+
+def _tree_sizes(slots: int) -> list[int]:
+    """Nodes per level of the sum-tree, leaves first, each a multiple of BRANCHING: node i of a level sums nodes
+    BRANCHING * i .. BRANCHING * i + BRANCHING - 1 of the level below; the BRANCHING nodes of the last sum to the
+    total."""
+    sizes = [-(-slots // BRANCHING) * BRANCHING]
+    while sizes[-1] > BRANCHING:
+        sizes.append(-(-sizes[-1] // BRANCHING**2) * BRANCHING)
+    return sizes
+
+
+def _storage(capacity: int, num_envs: int, frame_shape: tuple[int, int, int]) -> dict[str, tuple[tuple, torch.dtype]]:
+    """Name -> (shape, dtype) of every storage tensor: one list for allocating, sizing and resuming."""
+    slots = (capacity // num_envs) * num_envs
+    return {
+        "frames": ((slots, *frame_shape), torch.uint8),
+        "actions": ((slots,), torch.int64),
+        "rewards": ((slots,), torch.float32),
+        "terminated": ((slots,), torch.bool),
+        "truncated": ((slots,), torch.bool),
+        "final": ((slots,), torch.bool),  # the entry holds an episode's final frame: not a transition
+        "position": ((slots,), torch.int64),  # absolute position of the entry in its stream; -1 = empty
+        "episode_start": ((slots,), torch.int64),  # position of the first entry of the entry's episode
+        "valid": ((slots,), torch.bool),  # sampleable (cached; see the module docstring)
+        # The n-step window of a sampleable entry (fixed once complete), computed when it becomes sampleable:
+        "steps": ((slots,), torch.int32),  # k: its next observation is the entry k later
+        "returns": ((slots,), torch.float32),
+        "discounts": ((slots,), torch.float32),
+        "tree": ((sum(_tree_sizes(slots)),), torch.float64),  # the sum-tree's levels one after another
+        "cursor": ((num_envs,), torch.int64),  # entries ever written to each stream
+        "episode_open": ((num_envs,), torch.bool),  # the stream's last entry is a transition of a running episode
+        "open_start": ((num_envs,), torch.int64),  # position of the first entry of that running episode
+        "max_priority": ((), torch.float64),  # largest priority seen (before ** alpha): new transitions get it
+    }
+
+
+_STATE = tuple(_storage(1, 1, (1, 1, 1)))  # the names of the storage tensors
+
+
+class FrameReplay:
+    """Replay of frames from ``num_envs`` envs stepped together, sampled as stacked n-step transitions.
+
+    Args:
+        capacity: entries held in all (split evenly into ``capacity // num_envs`` per env). An episode's final
+            frame takes one entry besides its transitions.
+        num_envs: envs of the vector env; each ``add`` takes one step of each.
+        frame_shape: (C, H, W) of one frame (the newest frame of an observation, not the stack).
+        stack: frames per observation, oldest first; before an episode's first frame that frame is repeated
+            (as gymnasium.wrappers.FrameStackObservation's default padding).
+        n_step: rewards summed per transition (fewer where the episode ends).
+        gamma: discount in (0, 1].
+        prioritized: sample proportionally to priority ** alpha (else uniformly over sampleable transitions).
+        alpha: priority exponent (0 = uniform).
+        beta: default importance-weight exponent of :meth:`sample` (the agent anneals it to 1).
+        priority_eps: priorities are clamped below by this, so no transition becomes unreachable.
+        device: where the storage lives and the batches are returned.
+        generator: random generator on ``device`` for sampling (None: torch's global one). Its state is part
+            of :meth:`state_dict`, so a resumed run samples the same batches.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        num_envs: int,
+        frame_shape: tuple[int, int, int],
+        stack: int = 1,
+        n_step: int = 1,
+        gamma: float = 0.99,
+        prioritized: bool = False,
+        alpha: float = 0.5,
+        beta: float = 0.4,
+        priority_eps: float = 1e-6,
+        device: str | torch.device = "cpu",
+        generator: torch.Generator | None = None,
+    ):
+        if num_envs < 1 or stack < 1 or n_step < 1:
+            raise ValueError(f"num_envs, stack and n_step must be >= 1, got {num_envs}, {stack}, {n_step}")
+        if len(frame_shape) != 3 or min(frame_shape) < 1:
+            raise ValueError(f"frame_shape must be (C, H, W) of positive sizes, got {frame_shape}")
+        minimum = num_envs * (stack + n_step + 1)
+        if capacity < minimum:
+            raise ValueError(
+                f"capacity {capacity} is too small for {num_envs} envs with stack {stack} and n_step {n_step}: each "
+                f"env's stream needs at least stack + n_step + 1 entries; use capacity >= {minimum}"
+            )
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        if alpha < 0 or beta < 0 or priority_eps <= 0:
+            raise ValueError(f"need alpha >= 0, beta >= 0 and priority_eps > 0, got {alpha}, {beta}, {priority_eps}")
+        self.device = torch.device(device)
+        if generator is not None and generator.device.type != self.device.type:
+            raise ValueError(f"the generator is on {generator.device} but the replay on {self.device}: make it with "
+                             f"torch.Generator(device={str(self.device)!r})")
+        self.capacity, self.num_envs, self.frame_shape = capacity, num_envs, tuple(frame_shape)
+        self.stack, self.n_step, self.gamma = stack, n_step, gamma
+        self.prioritized, self.alpha, self.beta, self.priority_eps = prioritized, alpha, beta, priority_eps
+        self.generator = generator
+        self.slots_per_env = capacity // num_envs
+        for name, (shape, dtype) in _storage(capacity, num_envs, self.frame_shape).items():
+            setattr(self, name, torch.zeros(shape, dtype=dtype, device=self.device))
+        self.position.fill_(-1)
+        self.max_priority.fill_(1.0)
+        self._levels = list(self.tree.split(_tree_sizes(self.position.shape[0])))  # views, leaves first
+        self._offsets = torch.arange(n_step, device=self.device)
+        self._powers = gamma ** torch.arange(n_step + 1, dtype=torch.float64, device=self.device).float()  # g^k
+
+    # ----------------------------------------------------------------------------------------------- sizes
+
+    @staticmethod
+    def required_bytes(capacity: int, num_envs: int, frame_shape: tuple[int, int, int]) -> int:
+        """Bytes the storage of a replay of this size takes, computed without allocating it (equals its
+        :attr:`nbytes`): check it against free memory before choosing the device."""
+        storage = _storage(capacity, num_envs, frame_shape)
+        return sum(math.prod(shape) * dtype.itemsize for shape, dtype in storage.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the storage tensors."""
+        return sum(getattr(self, name).nbytes for name in _STATE)
+
+    @property
+    def bytes_per_entry(self) -> float:
+        """Storage bytes per stored entry (one per env step, one more per episode end): the frame's
+        ``C * H * W`` plus about 50 bytes of actions, rewards, flags, counters and sum-tree."""
+        return self.nbytes / (self.slots_per_env * self.num_envs)
+
+    def __len__(self) -> int:
+        """Transitions stored (sampleable or not; final-frame entries not counted)."""
+        return int(((self.position >= 0) & ~self.final).sum())
+
+    @property
+    def sampleable(self) -> int:
+        """Transitions :meth:`sample` can return now."""
+        return int(self.valid.sum())
+
+    # ------------------------------------------------------------------------------------------------- add
+
+    def add(
+        self,
+        frames: torch.Tensor | np.ndarray,
+        actions: torch.Tensor | np.ndarray,
+        rewards: torch.Tensor | np.ndarray,
+        terminated: torch.Tensor | np.ndarray,
+        truncated: torch.Tensor | np.ndarray,
+        next_frames: torch.Tensor | np.ndarray,
+        mask: torch.Tensor | np.ndarray | None = None,
+    ) -> None:
+        """Store one vector-env step of the envs in ``mask``.
+
+        Args:
+            frames: (num_envs, C, H, W) uint8, the newest frame of each env's observation at t (not the stack).
+            actions: (num_envs,) integer actions taken at t.
+            rewards: (num_envs,) rewards of the step.
+            terminated, truncated: (num_envs,) bool flags of the step.
+            next_frames: (num_envs, C, H, W) uint8, the newest frame of the observation after the step; read only
+                where the episode ended (its final observation), as the next step's ``frames`` holds the others.
+            mask: (num_envs,) bool, the envs whose step is a transition to store (None: all). With next-step
+                autoreset this is ``~(terminated | truncated)`` of the previous step: the step after an
+                episode's end only resets the env and must not be stored. The other envs' streams are untouched.
+        """
+        frames = self._frames(frames, "frames")
+        next_frames = self._frames(next_frames, "next_frames")
+        actions = self._per_env(actions, torch.int64, "actions")
+        rewards = self._per_env(rewards, torch.float32, "rewards")
+        terminated = self._per_env(terminated, torch.bool, "terminated")
+        truncated = self._per_env(truncated, torch.bool, "truncated")
+        if mask is None:
+            mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        mask = self._per_env(mask, torch.bool, "mask")
+        if bool((self.episode_open & ~mask).any()):
+            # Skipping a step in the middle of an episode would join its neighbours into one false transition.
+            raise ValueError(
+                f"mask leaves out envs {(self.episode_open & ~mask).nonzero().flatten().tolist()} whose last stored "
+                f"step did not end their episode; only the step after an episode's end (next-step autoreset) may "
+                f"be left out: pass mask = ~(terminated | truncated) of the previous step"
+            )
+        slots = self.slots_per_env
+        stream = mask.nonzero().flatten()  # (m,) envs to store
+        position = self.cursor[stream]
+        start = torch.where(self.episode_open[stream], self.open_start[stream], position)
+        terminated, truncated = terminated[stream], truncated[stream]
+        ended = terminated | truncated
+        self._write(stream * slots + position % slots, frames[stream], actions[stream], rewards[stream], terminated,
+                    truncated, False, position, start)
+        # The final frame of an ended episode becomes the entry after its last transition.
+        last = ended.nonzero().flatten()  # (ended,) rows of `stream` (indices, not a mask: one device sync)
+        env, after = stream[last], position[last] + 1
+        zeros = torch.zeros_like(env)
+        self._write(env * slots + after % slots, next_frames[env], zeros, zeros.float(), zeros.bool(), zeros.bool(),
+                    True, after, start[last])
+        self.cursor[stream] += 1 + ended.long()
+        self.episode_open[stream] = ~ended
+        self.open_start[stream] = start
+        self._refresh()
+
+    def _frames(self, frames: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
+        frames = torch.as_tensor(frames, device=self.device)
+        expected = (self.num_envs, *self.frame_shape)
+        if tuple(frames.shape) != expected or frames.dtype != torch.uint8:
+            raise ValueError(f"{name} must be {expected} uint8 (the newest frame of each env's observation, not the "
+                             f"stack), got {tuple(frames.shape)} {frames.dtype}")
+        return frames
+
+    def _per_env(self, values: torch.Tensor | np.ndarray, dtype: torch.dtype, name: str) -> torch.Tensor:
+        values = torch.as_tensor(values, dtype=dtype, device=self.device)
+        if tuple(values.shape) != (self.num_envs,):
+            raise ValueError(f"{name} must have shape ({self.num_envs},), got {tuple(values.shape)}")
+        return values
+
+    def _write(self, slot: torch.Tensor, frames: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+               terminated: torch.Tensor, truncated: torch.Tensor, final: bool, position: torch.Tensor,
+               start: torch.Tensor) -> None:
+        """Write entries to `slot` (m,); they start invalid, so a reused slot does not keep the old priority."""
+        self.frames[slot] = frames
+        self.actions[slot], self.rewards[slot] = actions, rewards
+        self.terminated[slot], self.truncated[slot], self.final[slot] = terminated, truncated, final
+        self.position[slot], self.episode_start[slot] = position, start
+        self.valid[slot] = False
+
+    def _refresh(self) -> None:
+        """Recompute validity and n-step windows where an add can change them, and set those tree leaves (see the
+        module docstring)."""
+        slots = self.slots_per_env
+        newest = self.cursor[:, None] - (self.n_step + 2) + torch.arange(self.n_step + 2, device=self.device)
+        oldest = (self.cursor - slots).clamp(min=0)[:, None] + torch.arange(self.stack - 1, device=self.device)
+        streams = torch.arange(self.num_envs, device=self.device)[:, None] * slots
+        index = (streams + torch.cat([newest, oldest], 1).remainder(slots)).flatten()
+        held_from = self.cursor[index // slots] - slots  # the oldest position still held in the stream
+        history = torch.maximum(self.position[index] - (self.stack - 1), self.episode_start[index]) >= held_from
+        window = self._window(index)
+        valid = window.complete & history
+        self.steps[index] = window.steps.int()
+        self.returns[index], self.discounts[index] = window.returns, window.discounts
+        leaf = torch.where(self.valid[index], self._levels[0][index], self._new_leaf())
+        self.valid[index] = valid
+        self._set_leaves(index, torch.where(valid, leaf, 0.0))
+
+    def _new_leaf(self) -> torch.Tensor:
+        """The leaf of a transition that just became sampleable: max priority ** alpha, or 1 when uniform."""
+        return self.max_priority**self.alpha if self.prioritized else torch.ones_like(self.max_priority)
+
+    # ------------------------------------------------------------------------------------------- validity
+
+    def _window(self, index: torch.Tensor) -> _Window:
+        """The n-step windows of the entries in slots `index` (m,), all n steps at once."""
+        slots = self.slots_per_env
+        stream = index // slots
+        position = self.position[index]
+        # (m, n_step): entries t .. t + n - 1. Up to the episode's end they are transitions of its episode, in
+        # order. Past the newest entry a slot holds old data; whatever its flags say, such a window ends at or
+        # past the cursor and fails the completeness check below.
+        entry = (stream * slots)[:, None] + (position[:, None] + self._offsets).remainder(slots)
+        ends = self.terminated[entry] | self.truncated[entry]
+        inside = ends.cumsum(1) <= ends  # no episode end before the entry: the window is up to the first end
+        steps = inside.sum(1)
+        returns = (self.rewards[entry] * self._powers[:-1] * inside).sum(1)
+        terminated = (inside & self.terminated[entry]).any(1)
+        # Written up to the next observation (an episode's final frame is written with its last transition).
+        complete = (position >= 0) & ~self.final[index] & (position + steps < self.cursor[stream])
+        return _Window(complete, steps, returns, torch.where(terminated, 0.0, self._powers[steps]))
+
+    # ---------------------------------------------------------------------------------------------- sample
+
+    def sample(self, batch_size: int, beta: float | None = None) -> ReplaySamples:
+        """`batch_size` sampleable transitions, drawn with replacement.
+
+        Uniform, or with probability P(i) = p_i^alpha / sum_j p_j^alpha (stratified: one draw from each of
+        `batch_size` equal parts of the total) and importance weights w_i = (N P(i))^-beta / max_j w_j over the
+        batch (``beta``: None = the constructor's). N cancels in the normalisation, so w_i = (P(i) / P_min)^-beta.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        total = self._levels[-1].sum()
+        if not bool(total > 0):
+            raise ValueError(f"nothing to sample yet ({len(self)} transitions stored, none with a complete stack and "
+                             f"{self.n_step}-step window): add more steps before sampling")
+        draws = torch.rand(batch_size, dtype=torch.float64, device=self.device, generator=self.generator)
+        if self.prioritized:
+            draws = (torch.arange(batch_size, device=self.device) + draws) / batch_size
+        index = self._find(draws * total)
+        samples = self._gather(index)
+        if not self.prioritized:
+            return samples
+        beta = self.beta if beta is None else beta
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        leaf = self._levels[0][index]
+        return samples._replace(weights=(leaf / leaf.min()).pow(-beta).float())
+
+    def transitions(self, indices: torch.Tensor | np.ndarray) -> ReplaySamples:
+        """The transitions in slots `indices` (batch,) (weights 1); raises ValueError for a slot that is not
+        sampleable now."""
+        index = torch.as_tensor(indices, device=self.device).long()
+        if not bool(self.valid[index].all()):
+            raise ValueError(f"slots {index[~self.valid[index]].tolist()} hold no sampleable transition")
+        return self._gather(index)
+
+    def _gather(self, index: torch.Tensor) -> ReplaySamples:
+        """Rebuild the stacked n-step transitions of the (sampleable) entries in slots `index` (batch,)."""
+        position = self.position[index]
+        ends = torch.stack([position, position + self.steps[index]])  # (2, batch): t and t + k
+        frames = self._stacks(index // self.slots_per_env, ends, self.episode_start[index])
+        return ReplaySamples(
+            observations=frames[0],
+            actions=self.actions[index],
+            returns=self.returns[index],
+            next_observations=frames[1],
+            discounts=self.discounts[index],
+            weights=torch.ones(index.shape, dtype=torch.float32, device=self.device),
+            indices=index,
+        )
+
+    def _stacks(self, stream: torch.Tensor, position: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """(m, batch, stack * C, H, W): for `position` (m, batch) in `stream` (batch,), frames position - stack + 1
+        .. position, oldest first, the episode's first frame (at `start` (batch,)) repeated before it."""
+        history = torch.maximum(position[..., None] + torch.arange(1 - self.stack, 1, device=self.device),
+                                start[:, None])  # (m, batch, stack)
+        slot = stream[:, None] * self.slots_per_env + history % self.slots_per_env
+        # index_select copies whole frames: ~15x faster on CPU than advanced indexing, which goes byte by byte.
+        frames = self.frames.index_select(0, slot.flatten())
+        return frames.view(*position.shape, self.stack * self.frame_shape[0], *self.frame_shape[1:])
+
+    # ---------------------------------------------------------------------------------------------- sum-tree
+
+    def _find(self, prefix: torch.Tensor) -> torch.Tensor:
+        """The leaves where the prefix sums `prefix` (batch,) fall, descending the tree for all at once: (batch,)
+        slots, each with a positive leaf (a draw that rounding puts past a node's last non-empty child goes to
+        that child, never to an empty one)."""
+        group = torch.zeros_like(prefix, dtype=torch.int64)  # the node whose children are searched, per sample
+        child_number = torch.arange(BRANCHING, device=self.device)
+        for level in reversed(self._levels):
+            sums = level.view(-1, BRANCHING)[group]  # (batch, BRANCHING)
+            ends = sums.cumsum(1)
+            child = torch.minimum((ends <= prefix[:, None]).sum(1), (child_number * (sums > 0)).amax(1))
+            # Clamped: rounding must not make the prefix negative, which would pick a leading empty child.
+            prefix = (prefix - (ends - sums).gather(1, child[:, None]).squeeze(1)).clamp(min=0)
+            group = group * BRANCHING + child
+        return group
+
+    def _set_leaves(self, index: torch.Tensor, values: torch.Tensor) -> None:
+        """Set the leaves of slots `index` (m,) and recompute their ancestors from their children (so repeated
+        slots and rounding never drift the sums)."""
+        self._levels[0][index] = values.to(self.tree.dtype)
+        for lower, upper in zip(self._levels, self._levels[1:], strict=False):
+            index = index // BRANCHING
+            upper[index] = lower.view(-1, BRANCHING)[index].sum(1)
+
+    def update_priorities(self, indices: torch.Tensor | np.ndarray, priorities: torch.Tensor | np.ndarray) -> None:
+        """Set the priorities of slots `indices` (batch,) from a sample: `priorities` (batch,) >= 0 (|TD error| or
+        the C51 cross-entropy), clamped below by priority_eps. Slots no longer sampleable keep priority 0."""
+        index = torch.as_tensor(indices, device=self.device).long()
+        priorities = torch.as_tensor(priorities, device=self.device).detach().to(torch.float64)
+        if priorities.shape != index.shape:
+            raise ValueError(f"priorities {tuple(priorities.shape)} must match indices {tuple(index.shape)}")
+        if not bool((priorities >= 0).all()):  # also catches NaN
+            raise ValueError(f"priorities must be >= 0 and not NaN (|TD error| or a cross-entropy), got min "
+                             f"{priorities.min().item()}")
+        if not self.prioritized:
+            return
+        priorities = priorities.clamp(min=self.priority_eps)
+        self.max_priority.copy_(torch.maximum(self.max_priority, priorities.max()))
+        self._set_leaves(index, torch.where(self.valid[index], priorities**self.alpha, 0.0))
+
+    # --------------------------------------------------------------------------------------------- resume
+
+    def _config(self) -> dict:
+        return {"capacity": self.capacity, "num_envs": self.num_envs, "frame_shape": list(self.frame_shape),
+                "stack": self.stack, "n_step": self.n_step, "gamma": self.gamma, "prioritized": self.prioritized,
+                "alpha": self.alpha}
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly: storage, counters, tree, and the generator's state (if one was
+        given). Tensors and plain Python values only, so torch.load(weights_only=True) accepts it. The storage
+        tensors are the replay's own, not copies (a copy of a GPU replay may not fit): save it before adding more."""
+        state = {name: getattr(self, name) for name in _STATE}
+        state["config"] = self._config()
+        if self.generator is not None:
+            state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (from any device) into this replay, which must have the same configuration."""
+        if state["config"] != self._config():
+            raise ValueError(f"the saved replay was made with {state['config']}, this one with {self._config()}")
+        for name in _STATE:
+            getattr(self, name).copy_(state[name])
+        if self.generator is not None and "generator" in state:
+            self.generator.set_state(state["generator"])
