@@ -33,6 +33,7 @@ AGENTS: dict[str, str] = {
     "random": "agents.random_agent:RandomAgent",
     "sb3": "agents.sb3:SB3Agent",
     "ddm": "agents.ddm:DDMAgent",
+    "dqn": "agents.dqn:DQNAgent",
 }
 # Evaluation episodes (eval, watch --live, SB3's periodic evaluations) use seeds config.seed + this + i:
 # never the seeds training episodes start from.

@@ -27,6 +27,7 @@ EXIT_BAD_INPUT = 2
 BENCHES = {
     "envs": "envs.bench:bench_envs",
     "ddm": "agents.common.bench_ddm:bench_ddm",
+    "dqn": "agents.common.bench_dqn:bench_dqn",
 }
 
 
@@ -76,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="skip the joint-vs-separate model comparison")
     bench_ddm.add_argument("overrides", nargs="*",
                            help="key.sub=value overrides of configs/ddm_pendulum.yaml for every seed")
-    for sub in (bench_envs, bench_ddm):
+    bench_dqn = bench.add_parser("dqn", help="DQN env steps/s (one update per step) vs SB3's DQN, MinAtar Breakout")
+    bench_dqn.add_argument("--steps", type=int, default=3000, help="env steps timed, each with an update")
+    bench_dqn.add_argument("--warmup", type=int, default=1000, help="random steps first, filling the replay")
+    bench_dqn.add_argument("--device", default="cpu", help="cpu or cuda (both agents)")
+    bench_dqn.add_argument("overrides", nargs="*", help="key.sub=value overrides of our DQN only")
+    for sub in (bench_envs, bench_ddm, bench_dqn):
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         sub.set_defaults(handler=cmd_bench)
 

@@ -45,21 +45,23 @@ def at_least(block: Any, minimum: float, *keys: str) -> None:
 
 
 def config_class(constructor: Callable, skip: Sequence[str] = (), name: str | None = None,
-                 validate: Callable[[Any], None] | None = None) -> type:
+                 validate: Callable[[Any], None] | None = None, defaults: Mapping[str, Any] | None = None) -> type:
     """A config dataclass whose fields are ``constructor``'s keyword arguments (less ``skip``, the ones the
     caller fills in), with its defaults and type hints: the block maps one-to-one onto the constructor, and
     its defaults live once, in the constructor's signature (documented in its docstring).
 
-    ``validate(block)``, if given, becomes the dataclass's ``validate`` (the loader calls it).
+    ``validate(block)``, if given, becomes the dataclass's ``validate`` (the loader calls it). ``defaults``
+    gives a default to arguments the constructor requires (a block's keys all have defaults).
     """
     hints = typing.get_type_hints(constructor.__init__ if isinstance(constructor, type) else constructor)
     fields = []
     for parameter in inspect.signature(constructor).parameters.values():
         if parameter.name in skip or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
-        if parameter.default is parameter.empty:
-            raise TypeError(f"config_class: {constructor.__name__}({parameter.name}) has no default; skip it")
-        default = parameter.default
+        default = (defaults or {}).get(parameter.name, parameter.default)
+        if default is parameter.empty:
+            raise TypeError(f"config_class: {constructor.__name__}({parameter.name}) has no default; skip it "
+                            "or give one in defaults")
         if isinstance(default, (list, dict, tuple)):
             fields.append((parameter.name, hints.get(parameter.name, Any),
                            field(default_factory=lambda value=default: _plain(value))))
@@ -74,6 +76,9 @@ class EnvConfig:
     id: str = "pixelpilot/Pendulum-v0"  # a registered Gymnasium id (pixelpilot/... or any other)
     num_envs: int = 1  # environments stepped together (agents that batch acting use this)
     kwargs: dict = field(default_factory=dict)  # passed to gymnasium.make / make_vec
+    # A Box env acted on through a list of actions (Discrete(n)), for value-based agents: [-2, 0, 2], or one
+    # list per action for several dimensions; checked against the env's bounds when the env is made.
+    discrete_actions: list | None = None
 
     def validate(self) -> None:
         at_least(self, 1, "num_envs")
@@ -87,6 +92,7 @@ class TrainConfig:
     record_every: int = 10  # record every N-th episode to episodes/ (the best so far is kept as well)
     max_episode_files: int = 20  # recorded episodes kept on disk (oldest removed first)
     runs_dir: str = "runs"  # run directories go to <runs_dir>/<name>/<stamp>/
+    save_replay: bool = False  # checkpoints also hold the replay memory (agents that have one), for exact resumes
 
     def validate(self) -> None:
         at_least(self, 1, "log_every", "checkpoint_every", "record_every", "max_episode_files")
