@@ -371,7 +371,7 @@ def test_a_reused_slot_starts_at_the_max_priority_not_its_old_one():
 
 
 def test_a_draw_at_the_top_edge_of_the_tree_lands_on_a_sampleable_slot():
-    replay = FrameReplay(64, 1, (1, 1, 2))
+    replay = FrameReplay(64, 1, (1, 1, 2), prioritized=True)  # the tree serves prioritised sampling
     for step in range(3):
         replay.add(encode([step]), [step], [0.0], [False], [False], encode([step + 1]))
     # Rounding can put a prefix sum at the total; the empty right half of the tree must not take it.

@@ -53,7 +53,7 @@ def run_seed(config_name: str, seed: int, overrides: Sequence[str], runs_dir: st
     if threads is not None:
         torch.set_num_threads(threads)
     config = load_config(config_name, [f"seed={seed}", f"train.runs_dir={runs_dir}", *overrides])
-    return json.loads((train(config) / "summary.json").read_text())
+    return json.loads((train(config, quiet=True) / "summary.json").read_text())
 
 
 def read_sb3_result(path: Path = SB3_RESULT) -> dict | None:

@@ -258,10 +258,11 @@ class FrameReplay:
                     truncated, False, position, start)
         # The final frame of an ended episode becomes the entry after its last transition.
         last = ended.nonzero().flatten()  # (ended,) rows of `stream` (indices, not a mask: one device sync)
-        env, after = stream[last], position[last] + 1
-        zeros = torch.zeros_like(env)
-        self._write(env * slots + after % slots, next_frames[env], zeros, zeros.float(), zeros.bool(), zeros.bool(),
-                    True, after, start[last])
+        if last.numel():
+            env, after = stream[last], position[last] + 1
+            zeros = torch.zeros_like(env)
+            self._write(env * slots + after % slots, next_frames[env], zeros, zeros.float(), zeros.bool(),
+                        zeros.bool(), True, after, start[last])
         self.cursor[stream] += 1 + ended.long()
         self.episode_open[stream] = ~ended
         self.open_start[stream] = start
@@ -305,6 +306,10 @@ class FrameReplay:
         valid = window.complete & history
         self.steps[index] = window.steps.int()
         self.returns[index], self.discounts[index] = window.returns, window.discounts
+        if not self.prioritized:  # uniform sampling reads `valid` alone; the tree holds only the count
+            self.valid[index] = valid
+            self._levels[-1][0] = self.valid.sum()
+            return
         leaf = torch.where(self.valid[index], self._levels[0][index], self._new_leaf())
         self.valid[index] = valid
         self._set_leaves(index, torch.where(valid, leaf, 0.0))
@@ -348,18 +353,31 @@ class FrameReplay:
         if not bool(total > 0):
             raise ValueError(f"nothing to sample yet ({len(self)} transitions stored, none with a complete stack and "
                              f"{self.n_step}-step window): add more steps before sampling")
-        draws = torch.rand(batch_size, dtype=torch.float64, device=self.device, generator=self.generator)
-        if self.prioritized:
-            draws = (torch.arange(batch_size, device=self.device) + draws) / batch_size
-        index = self._find(draws * total)
-        samples = self._gather(index)
         if not self.prioritized:
-            return samples
+            return self._gather(self._uniform(batch_size))
+        draws = torch.rand(batch_size, dtype=torch.float64, device=self.device, generator=self.generator)
+        index = self._find((torch.arange(batch_size, device=self.device) + draws) / batch_size * total)
+        samples = self._gather(index)
         beta = self.beta if beta is None else beta
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         leaf = self._levels[0][index]
         return samples._replace(weights=(leaf / leaf.min()).pow(-beta).float())
+
+    def _uniform(self, batch_size: int) -> torch.Tensor:
+        """`batch_size` slots drawn uniformly from the sampleable ones: uniform over the entries held (each stream
+        holds slots 0 .. held - 1), redrawing the few that are not sampleable (final frames, the newest n-step
+        windows). Cheaper than descending the sum-tree, which uniform sampling does not need."""
+        held = torch.clamp(self.cursor, max=self.slots_per_env)  # (num_envs,)
+        ends = held.cumsum(0)
+        index = torch.empty(batch_size, dtype=torch.int64, device=self.device)
+        todo = torch.arange(batch_size, device=self.device)
+        while todo.numel():
+            flat = torch.randint(0, int(ends[-1]), (todo.numel(),), device=self.device, generator=self.generator)
+            stream = torch.searchsorted(ends, flat, right=True)
+            index[todo] = stream * self.slots_per_env + flat - (ends - held)[stream]
+            todo = todo[~self.valid[index[todo]]]
+        return index
 
     def transitions(self, indices: torch.Tensor | np.ndarray) -> ReplaySamples:
         """The transitions in slots `indices` (batch,) (weights 1); raises ValueError for a slot that is not
