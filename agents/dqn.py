@@ -140,6 +140,8 @@ class DQNAgent:
         self.updates = 0
         self.episodes = 0
         self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
+        self.recent_successes: deque[float] = deque(maxlen=RECENT_EPISODES)  # envs that say (info["is_success"])
+        self.first_success_step: int | None = None  # env steps when a training episode first succeeded
         self.stack: np.ndarray | None = None  # act()'s own frame stack, (stack * C, H, W)
         self.loss_fn = torch.compile(self.losses) if agent.compile == "update" else self.losses
 
@@ -285,6 +287,11 @@ class DQNAgent:
         for index in np.flatnonzero(info["_episode"]):
             self.episodes += 1
             self.recent_returns.append(float(info["episode"]["r"][index]))
+            if "is_success" in info:  # the env's word on the episode, on its last step
+                success = bool(info["is_success"][index])
+                self.recent_successes.append(float(success))
+                if success and self.first_success_step is None:
+                    self.first_success_step = self.env_steps
             if index == 0:
                 run.record_episode({**episode.arrays(), "episode": self.episodes, "fps": self.fps})
 
@@ -294,18 +301,29 @@ class DQNAgent:
                    "train/updates": self.updates}
         if losses:
             metrics["train/loss"] = float(torch.stack(list(losses)).mean())
+        if self.recent_successes:
+            metrics["rollout/success"] = float(np.mean(self.recent_successes))
         return metrics
 
     def mean_return(self) -> float:
         return float(np.mean(self.recent_returns)) if self.recent_returns else float("nan")
 
     def summary(self) -> dict:
-        return {"env_steps": self.env_steps, "episodes": self.episodes, "mean_return": self.mean_return(),
-                "updates": self.updates}
+        """frames_to_first_success (env steps when a training episode first succeeded; null if none) only for
+        envs that say whether an episode succeeded."""
+        summary = {"env_steps": self.env_steps, "episodes": self.episodes, "mean_return": self.mean_return(),
+                   "updates": self.updates}
+        if self.recent_successes:
+            summary["frames_to_first_success"] = self.first_success_step
+        return summary
 
     def outcome(self) -> str:
-        return (f"mean return {self.mean_return():.2f} over the last {len(self.recent_returns)} episodes "
+        line = (f"mean return {self.mean_return():.2f} over the last {len(self.recent_returns)} episodes "
                 f"({self.env_steps:,} env steps, {self.updates:,} updates)")
+        if self.recent_successes:
+            first = self.first_success_step
+            line += f"; first success at {first:,} env steps" if first is not None else "; no success yet"
+        return line
 
     # acting one env (eval, watch) ------------------------------------------------------------------------
     def reset(self) -> None:
@@ -329,6 +347,8 @@ class DQNAgent:
         state = {"online": self.online.state_dict(), "target": self.target.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "env_steps": self.env_steps, "updates": self.updates,
                  "episodes": self.episodes, "recent_returns": list(self.recent_returns),
+                 "recent_successes": list(self.recent_successes),
+                 "first_success_step": -1 if self.first_success_step is None else self.first_success_step,
                  "rng": generator_state(self.rng), "global_rng": rng_state()}
         if self.config.train.save_replay and self.replay is not None:
             state["replay"] = self.replay.state_dict()
@@ -340,6 +360,8 @@ class DQNAgent:
         self.optimizer.load_state_dict(state["optimizer"])
         self.env_steps, self.updates, self.episodes = (int(state[key]) for key in ("env_steps", "updates", "episodes"))
         self.recent_returns = deque(state["recent_returns"], maxlen=RECENT_EPISODES)
+        self.recent_successes = deque(state["recent_successes"], maxlen=RECENT_EPISODES)
+        self.first_success_step = None if state["first_success_step"] < 0 else int(state["first_success_step"])
         set_generator_state(self.rng, state["rng"])
         set_rng_state(state["global_rng"])
         if "replay" in state:

@@ -96,6 +96,9 @@ def test_dqn_and_rainbow_learn_to_walk_to_the_reward(tmp_path, recipe):
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     losses = [float(row.split(",")[rows[0].split(",").index("train/loss")]) for row in rows[2:]]
     assert all(np.isfinite(losses))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert 0 < summary["frames_to_first_success"] <= 1500  # the env's is_success, read at episodes' ends
+    assert "rollout/success" in rows[0].split(",")
 
 
 def test_a_tiny_minatar_run_writes_the_run_directory(tmp_path):
