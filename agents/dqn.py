@@ -136,6 +136,7 @@ class DQNAgent:
         self.rng = np.random.default_rng(config.seed)
         self.check_replay_fits(config.env.num_envs)  # before anything is written, not when training starts
         self.replay: FrameReplay | None = None  # made in train(): eval and watch never pay for it
+        self.replay_start = 0  # env steps when the replay began filling (updates wait learning_starts after it)
         self.env_steps = 0
         self.updates = 0
         self.episodes = 0
@@ -150,8 +151,9 @@ class DQNAgent:
         agent, train = self.config.agent, self.config.train
         vec = gym.wrappers.vector.RecordEpisodeStatistics(make_vec_env(self.config))
         count = vec.num_envs
-        if self.replay is None:
+        if self.replay is None:  # a new run, or a resumed one whose checkpoint holds no replay: fill it first
             self.replay = self.make_replay(count)
+            self.replay_start = self.env_steps
         log_due = Every(train.log_every, start=self.env_steps)
         target_due = Every(agent.target_update_every, start=self.env_steps)
         # A resumed run reseeds from where it stopped, so its episodes differ from the first run's.
@@ -180,9 +182,9 @@ class DQNAgent:
             if "episode" in info:
                 self.finish_episodes(run, info, episode)
                 bar.set_postfix(episodes=self.episodes, ret=f"{self.mean_return():.1f}", refresh=False)
-            if self.env_steps >= agent.learning_starts:
-                for _ in range(self.env_steps // agent.train_every - max(previous, agent.learning_starts)
-                               // agent.train_every):
+            learning_from = self.replay_start + agent.learning_starts
+            if self.env_steps >= learning_from:
+                for _ in range(self.env_steps // agent.train_every - max(previous, learning_from) // agent.train_every):
                     losses.append(self.update())
             if target_due(self.env_steps):
                 self.sync_target()

@@ -234,3 +234,14 @@ def test_a_continuous_env_without_a_discrete_set_is_refused_naming_the_fix(tmp_p
     config = load_config("dqn_minatar_breakout", ["env.id=pixelpilot/Pendulum-v0"])
     with pytest.raises(ConfigError, match="env.discrete_actions"):
         DQNAgent(config, torch.device("cpu"))
+
+
+def test_a_resume_without_the_replay_refills_it_before_learning_again(tmp_path):
+    config = dot_config(tmp_path, "dqn_minatar_breakout", "agent.total_steps=500", "agent.learning_starts=200")
+    run_dir = train(config, quiet=True)
+    assert json.loads((run_dir / "summary.json").read_text())["updates"] == 300
+    (run_dir / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace("total_steps: 500",
+                                                                                      "total_steps: 800"))
+    train(resume=run_dir, quiet=True)  # the checkpoint holds no replay (train.save_replay is off)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps"] == 800 and summary["updates"] == 300 + 100  # 200 steps to refill, then 100
