@@ -154,6 +154,7 @@ class DQNAgent:
         if self.replay is None:  # a new run, or a resumed one whose checkpoint holds no replay: fill it first
             self.replay = self.make_replay(count)
             self.replay_start = self.env_steps
+        self.replay.cut_episodes()  # the envs start new episodes below: a restored replay's running ones end here
         log_due = Every(train.log_every, start=self.env_steps)
         target_due = Every(agent.target_update_every, start=self.env_steps)
         # A resumed run reseeds from where it stopped, so its episodes differ from the first run's.

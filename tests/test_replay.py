@@ -464,3 +464,34 @@ def test_add_rejects_stacked_or_float_frames():
         replay.add(np.zeros((1, 4, 4, 4), np.uint8), [0], [0.0], [False], [False], np.zeros((1, 1, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         replay.add(np.zeros((1, 1, 4, 4)), [0], [0.0], [False], [False], np.zeros((1, 1, 4, 4), np.uint8))
+
+
+def test_cut_episodes_keeps_a_resumed_run_from_joining_two_episodes():
+    replay = FrameReplay(64, 2, (1, 1, 2), stack=2, n_step=3, gamma=0.5)
+    for step in range(4):  # each env runs an episode of 4 steps: env 0 frames 0..3, env 1 frames 10..13
+        replay.add(encode([step, 10 + step]), [step, 10 + step], [1.0, 1.0], [False, False], [False, False],
+                   encode([step + 1, 11 + step]))
+    replay.cut_episodes()  # the run was killed here: both episodes end where they stand
+    for step in range(4):  # fresh episodes after the resume: frames 100.. and 200..
+        replay.add(encode([100 + step, 200 + step]), [100 + step, 200 + step], [1.0, 1.0], [False, False],
+                   [False, False], encode([101 + step, 201 + step]))
+    samples = replay.transitions(replay.valid.nonzero().flatten())
+    now = decode(samples.observations, 2, 1)[:, -1]
+    after = decode(samples.next_observations, 2, 1)
+    actions = samples.actions.tolist()
+    assert {0, 1, 2, 10, 11, 12} <= set(actions)  # the transitions before the cut stay sampleable
+    assert 3 not in actions and 13 not in actions  # the newest entries became the episodes' final frames
+    for frame, stacked, action, discount in zip(now, after, actions, samples.discounts.tolist(), strict=True):
+        assert (frame < 100) == (stacked[0] < 100) == (stacked[-1] < 100)  # never across the cut
+        if action in (2, 12):  # the last transition before the cut: truncated, bootstraps from the next frame
+            assert stacked[-1] == action + 1 and discount == pytest.approx(0.5)
+
+
+def test_cut_of_a_one_step_episode_leaves_no_transition_of_it():
+    replay = FrameReplay(16, 1, (1, 1, 2))
+    replay.add(encode([0]), [0], [1.0], [False], [False], encode([1]))
+    replay.cut_episodes()
+    assert replay.sampleable == 0
+    for step in range(3):
+        replay.add(encode([10 + step]), [10 + step], [1.0], [False], [False], encode([11 + step]))
+    assert set(replay.sample(50).actions.tolist()) <= {10, 11}

@@ -268,6 +268,23 @@ class FrameReplay:
         self.open_start[stream] = start
         self._refresh()
 
+    def cut_episodes(self) -> None:
+        """End every episode still running in the streams, for when their envs are reset without a last step
+        (a killed run resumes with fresh episodes): the newest entry becomes the final observation of a
+        truncated episode (its own action and reward are dropped), so no transition joins two episodes.
+        """
+        stream = self.episode_open.nonzero().flatten()
+        if not stream.numel():
+            return
+        slots = self.slots_per_env
+        last = self.cursor[stream] - 1
+        self.final[stream * slots + last % slots] = True
+        before = last - 1 >= self.open_start[stream]  # the episode has a transition before its newest entry
+        previous = stream[before] * slots + (last[before] - 1) % slots
+        self.truncated[previous] = True
+        self.episode_open[stream] = False
+        self._refresh()
+
     def _frames(self, frames: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
         frames = torch.as_tensor(frames, device=self.device)
         expected = (self.num_envs, *self.frame_shape)
