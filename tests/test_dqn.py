@@ -101,7 +101,7 @@ def test_dqn_and_rainbow_learn_to_walk_to_the_reward(tmp_path, recipe):
     assert "rollout/success" in rows[0].split(",")
 
 
-def test_a_tiny_minatar_run_writes_the_run_directory(tmp_path):
+def test_a_tiny_minatar_run_writes_the_run_directory_and_evaluates(tmp_path, capsys):
     config = load_config("rainbow_minatar_breakout", [
         f"train.runs_dir={tmp_path}", "train.device=cpu", "agent.total_steps=600", "agent.learning_starts=200",
         "agent.replay.capacity=1000", "train.log_every=200", "train.record_every=1"])
@@ -114,6 +114,7 @@ def test_a_tiny_minatar_run_writes_the_run_directory(tmp_path):
     episode = np.load(sorted((run_dir / "episodes").glob("ep_*.npz"))[0])
     assert episode["frames"].shape[1:] == (4, 10, 10) and episode["actions"].dtype == np.int64
     assert len(episode["frames"]) == len(episode["actions"]) + 1
+    assert main(["eval", str(run_dir), "--episodes", "2", "--json"]) == 0  # the trained agent plays greedily
 
 
 def test_frame_stack_is_built_by_the_agent_and_its_replay(tmp_path):
