@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -88,7 +87,6 @@ class Config:
     encoder: dict = field(default_factory=lambda: {"kind": "minatar_encoder", "features_dim": 128})
     network: NetworkConfig = field(default_factory=lambda: NetworkConfig())
     replay: ReplayConfig = field(default_factory=lambda: ReplayConfig())
-    compile: Literal["off", "update"] = "off"  # "update": torch.compile the loss computation (CPU and GPU)
 
     def validate(self) -> None:
         at_least(self, 1, "total_steps", "frame_stack", "train_every", "batch_size", "target_update_every")
@@ -144,7 +142,6 @@ class DQNAgent:
         self.recent_successes: deque[float] = deque(maxlen=RECENT_EPISODES)  # envs that say (info["is_success"])
         self.first_success_step: int | None = None  # env steps when a training episode first succeeded
         self.stack: np.ndarray | None = None  # act()'s own frame stack, (stack * C, H, W)
-        self.loss_fn = torch.compile(self.losses) if agent.compile == "update" else self.losses
 
     # the training loop -----------------------------------------------------------------------------------
     def train(self, run: Run) -> None:
@@ -239,7 +236,7 @@ class DQNAgent:
         if agent.network.noisy:
             self.online.reset_noise()
             self.target.reset_noise()
-        loss, priorities = self.loss_fn(batch)
+        loss, priorities = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if agent.max_grad_norm > 0:

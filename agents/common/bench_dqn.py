@@ -31,7 +31,7 @@ ATARI_FRAME = (1, 84, 84)
 
 def bench_dqn(steps: int = 3_000, warmup: int = 1_000, device: str = "cpu", overrides: Sequence[str] = ()) -> dict:
     """Env steps per second of both DQNs over `steps` env steps with updates, after `warmup` steps of random
-    acting that fill the replay. `overrides` (key=value) apply to our agent only (e.g. agent.compile=update)."""
+    acting that fill the replay. `overrides` (key=value) apply to our agent only (e.g. agent.batch_size=64)."""
     if steps < 100 or warmup < 100:
         raise ConfigError(f"--steps and --warmup: must be >= 100, got {steps} and {warmup}")
     ours = measure(OURS, [f"agent.learning_starts={warmup}", f"agent.total_steps={warmup + steps}",
