@@ -29,12 +29,7 @@ from nets.ddm import DeepDynamicalModel
 OBS_SHAPE = (1, 40, 40)
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(tmp_path, *overrides: str):

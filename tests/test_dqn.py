@@ -64,12 +64,7 @@ if "test/Dot-v0" not in gym.registry:
     gym.register("test/Dot-v0", entry_point=DotEnv)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def dot_config(tmp_path: Path, recipe: str, *overrides: str):

@@ -16,12 +16,7 @@ from agents.common.replay import FrameReplay, ReplaySamples
 MARKER = 65535  # frame id of the steps that must not be stored (the autoreset steps)
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def encode(ids: np.ndarray, channels: int = 1) -> np.ndarray:
