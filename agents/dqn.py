@@ -360,8 +360,10 @@ class DQNAgent:
         self.optimizer.load_state_dict(state["optimizer"])
         self.env_steps, self.updates, self.episodes = (int(state[key]) for key in ("env_steps", "updates", "episodes"))
         self.recent_returns = deque(state["recent_returns"], maxlen=RECENT_EPISODES)
-        self.recent_successes = deque(state["recent_successes"], maxlen=RECENT_EPISODES)
-        self.first_success_step = None if state["first_success_step"] < 0 else int(state["first_success_step"])
+        # Checkpoints from before success tracking (2026-11-26) have neither key.
+        self.recent_successes = deque(state.get("recent_successes", []), maxlen=RECENT_EPISODES)
+        first = int(state.get("first_success_step", -1))
+        self.first_success_step = None if first < 0 else first
         set_generator_state(self.rng, state["rng"])
         set_rng_state(state["global_rng"])
         if "replay" in state:
