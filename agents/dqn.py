@@ -240,7 +240,7 @@ class DQNAgent:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if agent.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.online.parameters(), agent.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.online.parameters(), agent.max_grad_norm, foreach=True)
         self.optimizer.step()
         if agent.replay.prioritized:
             self.replay.update_priorities(batch.indices, priorities)
