@@ -3,9 +3,10 @@
 Like Dopamine's replay (and unlike SB3's, which stores whole stacks, ``stack`` times the memory), every env step
 stores only the newest frame of its observation; the stack of ``stack`` frames and the n-step return are
 rebuilt at sampling time. Optional prioritised replay (Schaul et al. 2016, proportional variant) samples from a
-sum-tree; without it the same tree holds 1 per sampleable transition, so both modes share one sampler. The tree
-has BRANCHING children per node, not 2: a descent costs a few kernel launches per level whatever the branching,
-and 32 children take 1M slots in 4 levels instead of 20 (on a GPU the launches, not the arithmetic, are the cost).
+sum-tree; uniform sampling draws over the entries held and redraws the few not sampleable (cheaper than a tree
+descent, and the tree is then not maintained). The tree has BRANCHING children per node, not 2: a descent costs
+a few kernel launches per level whatever the branching, and 32 children take 1M slots in 4 levels instead of 20
+(on a GPU the launches, not the arithmetic, are the cost).
 
     replay = FrameReplay(capacity=100_000, num_envs=8, frame_shape=(1, 84, 84), stack=4, n_step=3,
                          prioritized=True, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
@@ -31,8 +32,9 @@ to it (``cursor``). An entry at position ``p`` is sampleable when
       written (``p + k < cursor``), ``k = n_step`` or fewer when the episode ends within the window.
 Validity is a pure function of these counters, so after each ``add`` it is recomputed for the only slots
 whose status can change: each stream's newest ``n_step + 2`` entries (windows completed, entries written)
-and its oldest ``stack - 1`` (stack history overwritten). The cached flag sets each slot's tree leaf: 0 while
-invalid, so an invalid slot is never drawn, and the current maximum priority when it becomes valid. A window
+and its oldest ``stack - 1`` (stack history overwritten). With prioritisation the cached flag sets each slot's
+tree leaf: 0 while invalid, so an invalid slot is never drawn, and the current maximum priority when it becomes
+valid. A window
 does not change once complete, so its return, discount and length are kept per slot from then on: sampling
 reads them instead of summing again.
 """
