@@ -35,7 +35,7 @@ from agents.common.agent import Every
 from agents.common.config import ConfigError, RunConfig, at_least, config_class
 from agents.common.envs import env_fps, make_env, make_vec_env
 from agents.common.replay import FrameReplay, ReplaySamples
-from agents.common.run import Run, generator_state, rng_state, set_generator_state, set_rng_state
+from agents.common.run import EpisodeRecorder, Run, generator_state, rng_state, set_generator_state, set_rng_state
 from nets.q import QNetwork, categorical_projection
 
 RECENT_EPISODES = 100  # mean_return in summary.json and rollout/ep_return are over this many last episodes
@@ -369,25 +369,6 @@ class DQNAgent:
         if "replay" in state:
             self.replay = self.make_replay(self.config.env.num_envs)
             self.replay.load_state_dict(state["replay"])
-
-
-class EpisodeRecorder:
-    """Env 0's episode as it is played, for the run's episode files (newest frames, not stacks)."""
-
-    def __init__(self, first: np.ndarray) -> None:
-        self.frames, self.actions, self.rewards = [first], [], []
-
-    def step(self, action: int, reward: float, next_obs: np.ndarray, restarted: bool) -> None:
-        if restarted:  # this step only reset env 0: its observation starts the next episode
-            self.frames, self.actions, self.rewards = [next_obs], [], []
-            return
-        self.frames.append(next_obs)
-        self.actions.append(action)
-        self.rewards.append(float(reward))
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"frames": np.stack(self.frames), "actions": np.asarray(self.actions, np.int64),
-                "rewards": np.asarray(self.rewards, np.float32)}
 
 
 def available_memory(device: torch.device) -> int:

@@ -14,7 +14,7 @@ import torch
 from agents.common.agent import Every
 from agents.common.config import RunConfig, at_least
 from agents.common.envs import env_fps, make_env, make_vec_env
-from agents.common.run import Run, generator_state, set_generator_state
+from agents.common.run import EpisodeRecorder, Run, generator_state, set_generator_state
 
 RECENT_EPISODES = 10  # mean_return in summary.json is over this many last episodes
 
@@ -56,7 +56,7 @@ class RandomAgent:
         fps = env_fps(vec)
         # A resumed run reseeds from where it stopped, so its episodes differ from the first run's.
         obs, _ = vec.reset(seed=self.config.seed + self.env_steps)
-        frames, actions, rewards = [obs[0]], [], []
+        episode = EpisodeRecorder(obs[0])  # env 0's, for the episode files
         env0_resetting = False
         log_due = Every(self.config.train.log_every, start=self.env_steps)
         bar = run.progress(total, initial=self.env_steps)
@@ -65,21 +65,14 @@ class RandomAgent:
             obs, reward, terminated, truncated, info = vec.step(action)
             self.env_steps += vec.num_envs
             bar.update(vec.num_envs)
-            if env0_resetting:  # NEXT_STEP autoreset: this step only reset env 0
-                frames, actions, rewards = [obs[0]], [], []
-            else:
-                frames.append(obs[0])
-                actions.append(action[0])
-                rewards.append(reward[0])
-            env0_resetting = bool(terminated[0] or truncated[0])
+            episode.step(action[0], reward[0], obs[0], restarted=env0_resetting)
+            env0_resetting = bool(terminated[0] or truncated[0])  # NEXT_STEP autoreset: the next step only resets
             if "episode" in info:
                 for index in np.flatnonzero(info["_episode"]):
                     self.episodes += 1
                     self.recent_returns.append(float(info["episode"]["r"][index]))
                     if index == 0:
-                        run.record_episode({"frames": np.stack(frames), "actions": np.stack(actions),
-                                            "rewards": np.asarray(rewards, np.float32),
-                                            "episode": self.episodes, "fps": fps})
+                        run.record_episode({**episode.arrays(), "episode": self.episodes, "fps": fps})
                 bar.set_postfix(episodes=self.episodes, ret=f"{self.mean_return():.1f}", refresh=False)
             if log_due(self.env_steps):
                 run.log(self.env_steps, {"rollout/ep_return": self.mean_return(),

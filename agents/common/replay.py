@@ -325,9 +325,8 @@ class FrameReplay:
         valid = window.complete & history
         self.steps[index] = window.steps.int()
         self.returns[index], self.discounts[index] = window.returns, window.discounts
-        if not self.prioritized:  # uniform sampling reads `valid` alone; the tree holds only the count
+        if not self.prioritized:  # uniform sampling reads `valid` alone
             self.valid[index] = valid
-            self._levels[-1][0] = self.valid.sum()
             return
         leaf = torch.where(self.valid[index], self._levels[0][index], self._new_leaf())
         self.valid[index] = valid
@@ -368,7 +367,7 @@ class FrameReplay:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        total = self._levels[-1].sum()
+        total = self._levels[-1].sum() if self.prioritized else self.valid.any()
         if not bool(total > 0):
             raise ValueError(f"nothing to sample yet ({len(self)} transitions stored, none with a complete stack and "
                              f"{self.n_step}-step window): add more steps before sampling")

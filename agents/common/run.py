@@ -262,6 +262,29 @@ class Run:
             self._writer = None
 
 
+class EpisodeRecorder:
+    """One env's episode of a vector env with next-step autoreset, as it is played, for the episode files.
+
+    ``step`` gets each vector step's action, reward and next observation of that env, and whether this step only
+    reset it (its previous step ended an episode): that observation then starts the next episode.
+    """
+
+    def __init__(self, first: np.ndarray) -> None:
+        self.frames, self.actions, self.rewards = [first], [], []
+
+    def step(self, action: Any, reward: float, next_obs: np.ndarray, restarted: bool) -> None:
+        if restarted:  # this step only reset env 0: its observation starts the next episode
+            self.frames, self.actions, self.rewards = [next_obs], [], []
+            return
+        self.frames.append(next_obs)
+        self.actions.append(action)
+        self.rewards.append(float(reward))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"frames": np.stack(self.frames), "actions": np.stack(self.actions),
+                "rewards": np.asarray(self.rewards, np.float32)}
+
+
 def checkpoint_paths(run_dir: Path) -> list[Path]:
     """Checkpoints of a run, oldest first."""
     return sorted((Path(run_dir) / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*.pt"))
