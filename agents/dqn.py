@@ -309,12 +309,13 @@ class DQNAgent:
         return float(np.mean(self.recent_returns)) if self.recent_returns else float("nan")
 
     def summary(self) -> dict:
-        """frames_to_first_success (env steps when a training episode first succeeded; null if none) only for
-        envs that say whether an episode succeeded."""
+        """frames_to_first_success (env steps when a training episode first succeeded; null if none) and
+        success_rate (of the last RECENT_EPISODES episodes) only for envs that say whether an episode succeeded."""
         summary = {"env_steps": self.env_steps, "episodes": self.episodes, "mean_return": self.mean_return(),
                    "updates": self.updates}
         if self.recent_successes:
             summary["frames_to_first_success"] = self.first_success_step
+            summary["success_rate"] = float(np.mean(self.recent_successes))  # over the last RECENT_EPISODES
         return summary
 
     def outcome(self) -> str:

@@ -408,6 +408,26 @@ def test_bench_reports_trials_frames_and_the_sb3_ratio():
     assert result["ratio"] == pytest.approx(result["sb3"]["frames_to_first_success"] / 60)
 
 
+def test_value_based_rows_are_stored_per_seed_and_compared_with_the_ddm_frames(tmp_path, monkeypatch):
+    from agents.common import bench_ddm as bench
+
+    monkeypatch.setattr(bench, "VALUE_BASED_RESULT", tmp_path / "{config}.json")
+    monkeypatch.setattr(bench, "VALUE_BASED", {"dqn": "dqn_pendulum"})
+    row = bench.rerun_value_based("dqn", seeds=1, budget=300)  # random actions only: no success in 300 frames
+    stored = json.loads((tmp_path / "dqn_pendulum.json").read_text())
+    assert stored["frames_to_first_success"] == [None] and stored["solved_seeds"] == 0
+    assert stored["frame_budget"] == 300 and stored["run_summaries"][0]["env_steps"] == 300
+    assert "--rerun-dqn" in stored["command"] and row["frames_mean_solved"] is None
+    stored["frames_to_first_success"] = [20_000, None, 30_000]  # as if three seeds had run, one unsolved
+    (tmp_path / "dqn_pendulum.json").write_text(json.dumps(stored))
+    dqn = bench.value_based_rows(ddm_frames=640.0, ddm_solved=True)["dqn"]
+    assert dqn["frames_mean_solved"] == 25_000
+    assert dqn["ratio"] == pytest.approx(25_000 / 640) and dqn["ratio_bound"] == "lower"  # seed 1 unsolved
+    assert "ratio" not in bench.value_based_rows(ddm_frames=640.0, ddm_solved=False)["dqn"]
+    result = bench.bench_ddm(seeds=2, config="ddm_pendulum_tiny", model_quality=False)
+    assert result["value_based"]["dqn"]["frames_to_first_success"] == [20_000, None, 30_000]
+
+
 def test_bench_seeds_in_parallel_jobs_give_the_same_results_as_one_after_another():
     from agents.common.bench_ddm import bench_ddm
 

@@ -9,6 +9,10 @@ The SB3 baseline is run once (`rerun_sb3=True` runs configs/sb3_ppo_pendulum.yam
 success over the DDM agent's mean frames to success. `ratio_bound` says how to read it: "exact"; "lower"
 when SB3 never succeeded within its budget (the budget stands in, the ratio reads "more than"); "upper"
 when a DDM seed never succeeded (its frames used stand in, "less than"); null, with no ratio, for both.
+
+The value-based rows (DQN and Rainbow with five discrete torques, configs/dqn_pendulum.yaml and
+rainbow_pendulum.yaml) are stored the same way, per seed (`rerun_dqn=True`: 3 seeds of each, about 1.5 hours on
+one core); `value_based` in the result holds them with their frames to first success.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ from nets.ddm import DeepDynamicalModel, prediction_errors
 ROOT = Path(__file__).resolve().parents[2]
 SB3_RESULT = ROOT / "agents" / "baselines" / "sb3_pendulum.json"
 SB3_CONFIG = "configs/sb3_ppo_pendulum.yaml"
+VALUE_BASED = {"dqn": "dqn_pendulum", "rainbow": "rainbow_pendulum"}  # row name -> config, stored as
+VALUE_BASED_RESULT = ROOT / "agents" / "baselines" / "{config}.json"  # agents/baselines/<config>.json
+VALUE_BASED_SEEDS = 3
+VALUE_BASED_BUDGET = 40_000  # frames per seed
 
 
 def hardware() -> dict:
@@ -83,6 +91,66 @@ def rerun_sb3_baseline(path: Path = SB3_RESULT) -> dict:
     return read_sb3_result(path)
 
 
+def rerun_value_based(name: str, seeds: int = VALUE_BASED_SEEDS, budget: int = VALUE_BASED_BUDGET,
+                      jobs: int = 1) -> dict:
+    """Train the value-based row `name` (a key of VALUE_BASED) for `seeds` seeds of `budget` frames and store
+    each seed's frames to its first successful training episode (None: none within the budget)."""
+    config = VALUE_BASED[name]
+    overrides = [f"agent.total_steps={budget}"]
+    started = time.time()
+    with tempfile.TemporaryDirectory() as runs_dir:
+        if jobs > 1:
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                summaries = list(pool.map(run_seed, [config] * seeds, range(seeds), [overrides] * seeds,
+                                          [runs_dir] * seeds, [1] * seeds))
+        else:
+            summaries = [run_seed(config, seed, overrides, runs_dir) for seed in range(seeds)]
+    first = [summary.get("frames_to_first_success") for summary in summaries]
+    result = {"config": f"configs/{config}.yaml", "frame_budget": budget, "seeds": list(range(seeds)),
+              "frames_to_first_success": first, "solved_seeds": sum(frames is not None for frames in first),
+              "final_success_rate": [summary.get("success_rate") for summary in summaries],
+              "mean_return": [round(summary["mean_return"], 1) for summary in summaries],
+              "wall_s": round(time.time() - started, 1), "hardware": json.dumps(hardware()),
+              "date": time.strftime("%Y-%m-%d"),
+              "command": f"pixelpilot bench ddm --rerun-dqn (pixelpilot train configs/{config}.yaml seed=N "
+                         f"agent.total_steps={budget}, N = 0..{seeds - 1})",
+              "definition": "frames = env steps of training; frames_to_first_success: env steps when a training "
+                            "episode (epsilon-greedy, or noisy for Rainbow) first met the env's is_success (pole "
+                            "within 20 deg of upright in each of the last 20 of 100 frames); null: not within the "
+                            "budget. final_success_rate: over the last 100 training episodes.",
+              "run_summaries": summaries}
+    path = Path(str(VALUE_BASED_RESULT).format(config=config))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    return read_value_based()[name]
+
+
+def read_value_based() -> dict:
+    """The stored value-based rows that exist: name -> frames to first success per seed, budget, command."""
+    rows = {}
+    for name, config in VALUE_BASED.items():
+        path = Path(str(VALUE_BASED_RESULT).format(config=config))
+        if path.exists():
+            data = json.loads(path.read_text())
+            solved = [frames for frames in data["frames_to_first_success"] if frames is not None]
+            rows[name] = {key: data[key] for key in ("config", "frame_budget", "frames_to_first_success",
+                                                      "solved_seeds", "command", "date")}
+            rows[name]["frames_mean_solved"] = float(np.mean(solved)) if solved else None
+    return rows
+
+
+def value_based_rows(ddm_frames: float, ddm_solved: bool) -> dict:
+    """The stored value-based rows, each with `ratio`: its solved seeds' mean frames to first success over the
+    DDM agent's mean frames (only when every DDM seed succeeded). A value-based seed that never succeeded is left
+    out of its mean, too few frames: `ratio_bound` "lower" then, else "exact"."""
+    rows = read_value_based()
+    for row in rows.values():
+        if row["frames_mean_solved"] is not None and ddm_solved:
+            row["ratio"] = row["frames_mean_solved"] / ddm_frames
+            row["ratio_bound"] = "exact" if row["solved_seeds"] == len(row["frames_to_first_success"]) else "lower"
+    return rows
+
+
 def frame_ratio(sb3_frames: int | None, sb3_budget: int, ddm_frames: float, ddm_solved: bool
                 ) -> tuple[float | None, str | None]:
     """SB3's frames to success over the DDM agent's, and how to read it ("exact", "lower", "upper", None).
@@ -102,6 +170,7 @@ def bench_ddm(
     seeds: int = 5,
     controller: str | None = None,
     rerun_sb3: bool = False,
+    rerun_dqn: bool = False,
     config: str = "ddm_pendulum",
     overrides: Sequence[str] = (),
     model_quality: bool = True,
@@ -151,6 +220,12 @@ def bench_ddm(
             # SB3's first success by a (stochastic) training episode, the most favourable figure for SB3.
             result["ratio_vs_sb3_first_training_success"] = (
                 sb3["frames_to_first_training_success"] / ddm_frames if result["ratio_bound"] else None)
+    if rerun_dqn:
+        for name in VALUE_BASED:
+            rerun_value_based(name, jobs=jobs)
+    value_based = value_based_rows(ddm_frames, len(solved) == seeds)
+    if value_based:
+        result["value_based"] = value_based
     if model_quality:
         result["model_quality"] = compare_model_quality(config=config, overrides=overrides)
     return result

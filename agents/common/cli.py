@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="override the config's controller")
     bench_ddm.add_argument("--rerun-sb3", action="store_true",
                            help="retrain the SB3 baseline (about 20 minutes) instead of reusing its stored result")
+    bench_ddm.add_argument("--rerun-dqn", action="store_true",
+                           help="retrain the DQN and Rainbow pendulum rows (3 seeds each, about 1.5 hours on one core)")
     bench_ddm.add_argument("--jobs", type=int, default=1,
                            help="seeds run at once, in worker processes with one torch thread each (default 1)")
     bench_ddm.add_argument("--no-model-quality", dest="model_quality", action="store_false",
