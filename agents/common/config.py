@@ -101,12 +101,37 @@ class TrainConfig:
 
 
 @dataclass
+class RayConfig:
+    """Ray: distributed rollouts (agents that support them: dqn) and the cluster that sweeps and seeds run on."""
+
+    workers: int = 0  # rollout workers (Ray actors named RolloutWorker); 0: act in the training process
+    address: str | None = None  # Ray cluster to join ("auto", "HOST:6379"); None: start an embedded Ray here
+    weights_every: int = 100  # learner updates between weight broadcasts to the workers (through the object store)
+    steps_per_batch: int = 32  # vector-env steps a worker collects before sending them to the learner
+    epsilon: float = 0.4  # worker i of N explores with epsilon ** (1 + epsilon_alpha * i / (N - 1)) (Ape-X)
+    epsilon_alpha: float = 7.0
+    max_restarts: int = 3  # a rollout worker that dies is restarted this many times
+    worker_cpus: float = 1.0  # CPUs reserved per rollout worker
+    learner_gpus: int = 0  # GPUs the learner needs on this machine (checked against the cluster's)
+    dashboard: bool = False  # the embedded Ray's dashboard (on 127.0.0.1)
+
+    def validate(self) -> None:
+        at_least(self, 0, "workers", "max_restarts", "learner_gpus")
+        at_least(self, 1, "weights_every", "steps_per_batch")
+        if not 0 <= self.epsilon <= 1:
+            raise ConfigError(f"epsilon: must be in [0, 1], got {self.epsilon}")
+        if self.worker_cpus <= 0:
+            raise ConfigError(f"worker_cpus: must be > 0, got {self.worker_cpus}")
+
+
+@dataclass
 class RunConfig:
     name: str  # recipe name; runs go to <runs_dir>/<name>/<stamp>
     seed: int  # seeds envs, networks and action sampling
     agent: Any  # the agent kind's own Config dataclass, chosen by agent.kind
     env: EnvConfig = field(default_factory=EnvConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 def resolve_config_path(name_or_path: str) -> Path:
