@@ -18,20 +18,18 @@ one core); `value_based` in the result holds them with their frames to first suc
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import platform
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from agents.common.agent import train
-from agents.common.config import ConfigError, load_config
+from agents.common.config import ConfigError, config_from_dict, config_to_dict, load_config, merge
 from agents.common.envs import make_env
 from agents.ddm import DDMAgent, Fit, TrialBuffer, Windows, optimise
 from nets.ddm import DeepDynamicalModel, prediction_errors
@@ -54,14 +52,35 @@ def hardware() -> dict:
     return info
 
 
-def run_seed(config_name: str, seed: int, overrides: Sequence[str], runs_dir: str, threads: int | None = None) -> dict:
-    """One agent run in-process (its run directory under `runs_dir`): its summary.json.
-
-    `threads` sets torch's thread count first (parallel seeds share the cores: one thread each)."""
-    if threads is not None:
-        torch.set_num_threads(threads)
+def run_seed(config_name: str, seed: int, overrides: Sequence[str], runs_dir: str) -> dict:
+    """One agent run in-process (its run directory under `runs_dir`): its summary.json."""
     config = load_config(config_name, [f"seed={seed}", f"train.runs_dir={runs_dir}", *overrides])
     return json.loads((train(config, quiet=True) / "summary.json").read_text())
+
+
+def run_seed_task(config_data: dict) -> dict:
+    """One agent run as a Ray task: the config as plain data (so a cluster node needs no config file), one torch
+    thread (parallel seeds share the cores), its run directory in a temporary folder of the node it runs on."""
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as runs_dir:
+        config = config_from_dict(merge(config_data, {"train": {"runs_dir": runs_dir}}))
+        return json.loads((train(config, quiet=True) / "summary.json").read_text())
+
+
+def run_seeds(config_name: str, seeds: int, overrides: Sequence[str], runs_dir: str, jobs: int = 1,
+              address: str | None = None) -> list[dict]:
+    """Seeds 0..seeds-1 of a config: their summary.json, in seed order.
+
+    jobs 1 and no address: one after another in this process, run directories under `runs_dir`. Otherwise as Ray tasks, `jobs` at once, on an
+    embedded Ray of `jobs` CPUs or the cluster at `address`; Ctrl-C or SIGTERM cancels them (their workers are
+    killed) and the embedded Ray is shut down before the command ends."""
+    if jobs == 1 and address is None:
+        return [run_seed(config_name, seed, overrides, runs_dir) for seed in range(seeds)]
+    from agents.common.ray_tasks import map_tasks, ray_session, sigterm_as_ctrl_c
+
+    configs = [config_to_dict(load_config(config_name, [f"seed={seed}", *overrides])) for seed in range(seeds)]
+    with sigterm_as_ctrl_c(), ray_session(address, num_cpus=jobs):
+        return map_tasks(run_seed_task, configs, jobs)
 
 
 def read_sb3_result(path: Path = SB3_RESULT) -> dict | None:
@@ -92,19 +111,15 @@ def rerun_sb3_baseline(path: Path = SB3_RESULT) -> dict:
 
 
 def rerun_value_based(name: str, seeds: int = VALUE_BASED_SEEDS, budget: int = VALUE_BASED_BUDGET,
-                      jobs: int = 1) -> dict:
+                      jobs: int = 1, address: str | None = None) -> dict:
     """Train the value-based row `name` (a key of VALUE_BASED) for `seeds` seeds of `budget` frames and store
-    each seed's frames to its first successful training episode (None: none within the budget)."""
+    each seed's frames to its first successful training episode (None: none within the budget). `jobs` and
+    `address` as for run_seeds."""
     config = VALUE_BASED[name]
     overrides = [f"agent.total_steps={budget}"]
     started = time.time()
     with tempfile.TemporaryDirectory() as runs_dir:
-        if jobs > 1:
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                summaries = list(pool.map(run_seed, [config] * seeds, range(seeds), [overrides] * seeds,
-                                          [runs_dir] * seeds, [1] * seeds))
-        else:
-            summaries = [run_seed(config, seed, overrides, runs_dir) for seed in range(seeds)]
+        summaries = run_seeds(config, seeds, overrides, runs_dir, jobs, address)
     first = [summary.get("frames_to_first_success") for summary in summaries]
     result = {"config": f"configs/{config}.yaml", "frame_budget": budget, "seeds": list(range(seeds)),
               "frames_to_first_success": first, "solved_seeds": sum(frames is not None for frames in first),
@@ -175,23 +190,19 @@ def bench_ddm(
     overrides: Sequence[str] = (),
     model_quality: bool = True,
     jobs: int = 1,
+    address: str | None = None,
 ) -> dict:
     """Trials to success per seed, frames, wall time per trial, SB3's figures and the frame ratio.
 
-    `jobs` > 1 runs that many seeds at once in worker processes, each with one torch thread (so wall times
-    per trial are those of one core, with the other jobs beside it)."""
+    `jobs` > 1 runs that many seeds at once as Ray tasks, each with one torch thread (so wall times per trial
+    are those of one core, with the other jobs beside it); `address` runs them on that Ray cluster."""
     if jobs < 1 or seeds < 1:
         raise ConfigError(f"--jobs and --seeds: must be >= 1, got {jobs} and {seeds}")
     overrides = [*overrides] + ([f"agent.controller={controller}"] if controller else [])
     agent_config = load_config(config, overrides).agent  # bad overrides fail here, before any seed runs
     per_seed = []
     with tempfile.TemporaryDirectory() as runs_dir:
-        if jobs > 1:
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                summaries = list(pool.map(run_seed, [config] * seeds, range(seeds), [overrides] * seeds,
-                                          [runs_dir] * seeds, [1] * seeds))
-        else:
-            summaries = [run_seed(config, seed, overrides, runs_dir) for seed in range(seeds)]
+        summaries = run_seeds(config, seeds, overrides, runs_dir, jobs, address)
         for seed, summary in enumerate(summaries):
             per_seed.append({"seed": seed, "trials_to_success": summary["success_trial"],
                              "frames": summary["env_steps"], "wall_s": summary["wall_s"],
@@ -209,7 +220,8 @@ def bench_ddm(
         "wall_per_trial_s": float(np.mean([item["wall_per_trial_s"] for item in per_seed])),
         "wall_per_seed_s": [round(item["wall_s"], 1) for item in per_seed],
         "jobs": jobs,
-        "hardware": {**hardware(), **({"torch_threads": 1} if jobs > 1 else {})},  # per job
+        # per job; on a cluster (address) the seeds ran on its nodes, not on this machine
+        "hardware": {**hardware(), **({"torch_threads": 1} if jobs > 1 or address else {})},
     }
     sb3 = rerun_sb3_baseline() if rerun_sb3 else read_sb3_result()
     if sb3 is not None:
@@ -222,7 +234,7 @@ def bench_ddm(
                 sb3["frames_to_first_training_success"] / ddm_frames if result["ratio_bound"] else None)
     if rerun_dqn:
         for name in VALUE_BASED:
-            rerun_value_based(name, jobs=jobs)
+            rerun_value_based(name, jobs=jobs, address=address)
     value_based = value_based_rows(ddm_frames, len(solved) == seeds)
     if value_based:
         result["value_based"] = value_based

@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ddm.add_argument("--rerun-dqn", action="store_true",
                            help="retrain the DQN and Rainbow pendulum rows (3 seeds each, about 1.5 hours on one core)")
     bench_ddm.add_argument("--jobs", type=int, default=1,
-                           help="seeds run at once, in worker processes with one torch thread each (default 1)")
+                           help="seeds run at once, as Ray tasks with one torch thread each (default 1: in-process)")
+    bench_ddm.add_argument("--address", default=None,
+                           help="run the seeds on this Ray cluster (auto, HOST:PORT) instead of this machine")
     bench_ddm.add_argument("--no-model-quality", dest="model_quality", action="store_false",
                            help="skip the joint-vs-separate model comparison")
     bench_ddm.add_argument("overrides", nargs="*",
