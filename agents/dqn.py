@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -108,6 +109,7 @@ class Config:
 
 class DQNAgent:
     Config = Config
+    distributed = True  # ray.workers > 0 trains with Ray rollout workers (agents/dqn_distributed.py)
 
     def __init__(self, config: RunConfig, device: torch.device) -> None:
         self.config = config
@@ -121,13 +123,8 @@ class DQNAgent:
         self.frame_shape = tuple(env.observation_space.shape)
         self.fps = env_fps(env)
         env.close()
-        self.obs_shape = (self.frame_shape[0] * agent.frame_stack, *self.frame_shape[1:])
         torch.manual_seed(config.seed)
-        try:
-            encoder = nets.build({**agent.encoder, "in_shape": self.obs_shape})
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"agent.encoder: {err}") from None
-        self.online = QNetwork(encoder, self.num_actions, **asdict(agent.network)).to(device)
+        self.online = build_network(config, self.frame_shape, self.num_actions).to(device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=agent.lr, eps=agent.adam_eps,
                                           **({"fused": True} if device.type in ("cpu", "cuda") else {}))
@@ -141,13 +138,20 @@ class DQNAgent:
         self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self.recent_successes: deque[float] = deque(maxlen=RECENT_EPISODES)  # envs that say (info["is_success"])
         self.first_success_step: int | None = None  # env steps when a training episode first succeeded
+        self.worker_restarts = 0  # rollout workers Ray restarted after they died (distributed runs)
+        self.worker_nodes = 0  # machines the rollout workers were placed on (distributed runs)
         self.stack: np.ndarray | None = None  # act()'s own frame stack, (stack * C, H, W)
 
     # the training loop -----------------------------------------------------------------------------------
     def train(self, run: Run) -> None:
+        if self.config.ray.workers > 0:  # Ape-X: rollout workers as Ray actors feed this learner
+            from agents.dqn_distributed import train_distributed
+
+            train_distributed(self, run)
+            return
         agent, train = self.config.agent, self.config.train
-        vec = gym.wrappers.vector.RecordEpisodeStatistics(make_vec_env(self.config))
-        count = vec.num_envs
+        actor = Actor(self.config, self.online, self.rng)
+        count = actor.num_envs
         if self.replay is None:  # a new run, or a resumed one whose checkpoint holds no replay: fill it first
             self.replay = self.make_replay(count)
             self.replay_start = self.env_steps
@@ -155,35 +159,21 @@ class DQNAgent:
         log_due = Every(train.log_every, start=self.env_steps)
         target_due = Every(agent.target_update_every, start=self.env_steps)
         # A resumed run reseeds from where it stopped, so its episodes differ from the first run's.
-        obs, _ = vec.reset(seed=self.config.seed + self.env_steps)
-        stacks = np.repeat(obs, agent.frame_stack, axis=1)  # (num_envs, stack * C, H, W): the first frame repeated
-        stored = np.ones(count, bool)  # NEXT_STEP autoreset: the step after an episode's end is no transition
-        episode = EpisodeRecorder(obs[0])
+        episode = EpisodeRecorder(actor.reset(seed=self.config.seed + self.env_steps)[0])
         losses: deque[torch.Tensor] = deque(maxlen=100)
         bar = run.progress(agent.total_steps, initial=self.env_steps)
         while self.env_steps < agent.total_steps:
-            actions = self.explore(stacks)
-            next_obs, rewards, terminated, truncated, info = vec.step(actions)
-            done = terminated | truncated
-            clipped = np.clip(rewards, -1, 1) if agent.reward_clip else rewards
-            self.replay.add(stacks[:, -self.frame_shape[0]:], actions, clipped, terminated, truncated, next_obs,
-                            mask=stored)
-            # CRUCIAL (next-step autoreset): an env that ended last step restarts now; its stack starts anew.
-            restarted = ~stored
-            stacks = np.concatenate([stacks[:, self.frame_shape[0]:], next_obs], axis=1)
-            stacks[restarted] = np.repeat(next_obs[restarted], agent.frame_stack, axis=1)
-            stored = ~done
+            step = actor.step(1.0 if self.env_steps < agent.learning_starts else self.epsilon())
+            self.replay.add(*step.transition(agent.reward_clip))
             previous = self.env_steps
             self.env_steps += count
             bar.update(count)
-            episode.step(actions[0], rewards[0], next_obs[0], restarted[0])
-            if "episode" in info:
-                self.finish_episodes(run, info, episode)
+            episode.step(step.actions[0], step.rewards[0], step.next_frames[0], step.restarted[0])
+            if "episode" in step.info:
+                self.finish_episodes(run, step.info, episode)
                 bar.set_postfix(episodes=self.episodes, ret=f"{self.mean_return():.1f}", refresh=False)
-            learning_from = self.replay_start + agent.learning_starts
-            if self.env_steps >= learning_from:
-                for _ in range(self.env_steps // agent.train_every - max(previous, learning_from) // agent.train_every):
-                    losses.append(self.update())
+            for _ in range(self.updates_due(previous)):
+                losses.append(self.update())
             if target_due(self.env_steps):
                 self.sync_target()
             if log_due(self.env_steps):
@@ -191,8 +181,17 @@ class DQNAgent:
             if run.checkpoint_due(self.env_steps):
                 run.save_checkpoint(self.state_dict(), self.env_steps)
         bar.close()
-        vec.close()
+        actor.close()
         run.save_checkpoint(self.state_dict(), self.env_steps)
+
+    def updates_due(self, previous: int) -> int:
+        """Updates owed for the env steps from `previous` to now: one per `train_every`, from `learning_starts`
+        env steps after the replay began filling."""
+        agent = self.config.agent
+        learning_from = self.replay_start + agent.learning_starts
+        if self.env_steps < learning_from:
+            return 0
+        return self.env_steps // agent.train_every - max(previous, learning_from) // agent.train_every
 
     def check_replay_fits(self, num_envs: int) -> None:
         """ConfigError if the replay would not fit in the free memory of the agent's device."""
@@ -215,18 +214,6 @@ class DQNAgent:
         agent = self.config.agent
         fraction = min(1.0, self.env_steps / max(agent.epsilon_decay_steps, 1))
         return agent.epsilon_start + fraction * (agent.epsilon_end - agent.epsilon_start)
-
-    def explore(self, stacks: np.ndarray) -> np.ndarray:
-        """Epsilon-greedy actions for a batch of stacked observations (random before learning_starts)."""
-        count = len(stacks)
-        epsilon = 1.0 if self.env_steps < self.config.agent.learning_starts else self.epsilon()
-        random_actions = self.rng.integers(0, self.num_actions, count)
-        explore = self.rng.random(count) < epsilon
-        if explore.all():
-            return random_actions
-        with torch.no_grad():
-            greedy = self.online(torch.as_tensor(stacks, device=self.device)).argmax(1).cpu().numpy()
-        return np.where(explore, random_actions, greedy)
 
     def update(self) -> torch.Tensor:
         """One gradient step on a batch from the replay; returns the loss (a tensor: no sync with the device)."""
@@ -285,15 +272,20 @@ class DQNAgent:
     # logging and recording -------------------------------------------------------------------------------
     def finish_episodes(self, run: Run, info: dict, episode: EpisodeRecorder) -> None:
         for index in np.flatnonzero(info["_episode"]):
-            self.episodes += 1
-            self.recent_returns.append(float(info["episode"]["r"][index]))
-            if "is_success" in info:  # the env's word on the episode, on its last step
-                success = bool(info["is_success"][index])
-                self.recent_successes.append(float(success))
-                if success and self.first_success_step is None:
-                    self.first_success_step = self.env_steps
+            # the env's word on the episode, on its last step
+            success = bool(info["is_success"][index]) if "is_success" in info else None
+            self.count_episode(float(info["episode"]["r"][index]), success)
             if index == 0:
                 run.record_episode({**episode.arrays(), "episode": self.episodes, "fps": self.fps})
+
+    def count_episode(self, episode_return: float, success: bool | None) -> None:
+        """An episode ended with this return and (envs that say) success."""
+        self.episodes += 1
+        self.recent_returns.append(episode_return)
+        if success is not None:
+            self.recent_successes.append(float(success))
+            if success and self.first_success_step is None:
+                self.first_success_step = self.env_steps
 
     def metrics(self, run: Run, losses: deque[torch.Tensor]) -> dict[str, float]:
         metrics = {"rollout/ep_return": self.mean_return(), "rollout/episodes": self.episodes,
@@ -313,6 +305,9 @@ class DQNAgent:
         success_rate (of the last RECENT_EPISODES episodes) only for envs that say whether an episode succeeded."""
         summary = {"env_steps": self.env_steps, "episodes": self.episodes, "mean_return": self.mean_return(),
                    "updates": self.updates}
+        if self.config.ray.workers > 0:
+            summary.update(workers=self.config.ray.workers, worker_nodes=self.worker_nodes,
+                           worker_restarts=self.worker_restarts)
         if self.recent_successes:
             summary["frames_to_first_success"] = self.first_success_step
             summary["success_rate"] = float(np.mean(self.recent_successes))  # over the last RECENT_EPISODES
@@ -350,6 +345,7 @@ class DQNAgent:
                  "episodes": self.episodes, "recent_returns": list(self.recent_returns),
                  "recent_successes": list(self.recent_successes),
                  "first_success_step": -1 if self.first_success_step is None else self.first_success_step,
+                 "worker_restarts": self.worker_restarts,
                  "rng": generator_state(self.rng), "global_rng": rng_state()}
         if self.config.train.save_replay and self.replay is not None:
             state["replay"] = self.replay.state_dict()
@@ -365,11 +361,101 @@ class DQNAgent:
         self.recent_successes = deque(state.get("recent_successes", []), maxlen=RECENT_EPISODES)
         first = int(state.get("first_success_step", -1))
         self.first_success_step = None if first < 0 else first
+        self.worker_restarts = int(state.get("worker_restarts", 0))
         set_generator_state(self.rng, state["rng"])
         set_rng_state(state["global_rng"])
         if "replay" in state:
             self.replay = self.make_replay(self.config.env.num_envs)
             self.replay.load_state_dict(state["replay"])
+
+
+def build_network(config: RunConfig, frame_shape: tuple[int, ...], num_actions: int) -> QNetwork:
+    """The config's Q-network for frames of `frame_shape` (C, H, W), `frame_stack` of them stacked on channels."""
+    agent = config.agent
+    obs_shape = (frame_shape[0] * agent.frame_stack, *frame_shape[1:])
+    try:
+        encoder = nets.build({**agent.encoder, "in_shape": obs_shape})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"agent.encoder: {err}") from None
+    return QNetwork(encoder, num_actions, **asdict(agent.network))
+
+
+class Step(NamedTuple):
+    """One vector-env step of an Actor (arrays over its envs)."""
+
+    frames: np.ndarray  # (num_envs, C, H, W) uint8: the newest frame of each env's observation before the step
+    stacks: np.ndarray  # (num_envs, stack * C, H, W) uint8: the whole stacked observation the actions were chosen on
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    next_frames: np.ndarray  # (num_envs, C, H, W) uint8: the env's observation after the step
+    mask: np.ndarray  # envs whose step is a transition (not the reset after an episode's end: next-step autoreset)
+    info: dict
+
+    @property
+    def restarted(self) -> np.ndarray:
+        """Envs whose step only reset them (their previous step ended an episode)."""
+        return ~self.mask
+
+    def transition(self, reward_clip: bool) -> tuple:
+        """The arguments of FrameReplay.add for this step (rewards clipped to [-1, 1] with `reward_clip`)."""
+        rewards = np.clip(self.rewards, -1, 1) if reward_clip else self.rewards
+        return self.frames, self.actions, rewards, self.terminated, self.truncated, self.next_frames, self.mask
+
+
+class Actor:
+    """Steps a vector env with epsilon-greedy actions of a Q-network, stacking each env's last `frame_stack`
+    frames on the channel axis itself (repeating an episode's first frame, as Gymnasium's FrameStackObservation
+    does), so the replay can store each frame once.
+
+    The training process's own acting (ray.workers: 0) and every RolloutWorker of a distributed run are one of
+    these; only the network and the generator differ (the online network and the agent's generator here).
+    """
+
+    def __init__(self, config: RunConfig, network: QNetwork, rng: np.random.Generator) -> None:
+        self.vec = gym.wrappers.vector.RecordEpisodeStatistics(make_vec_env(config))
+        self.network, self.rng = network, rng
+        self.num_envs = self.vec.num_envs
+        self.num_actions = int(self.vec.single_action_space.n)
+        self.frame_stack = config.agent.frame_stack
+        self.channels = self.vec.single_observation_space.shape[0]
+        self.stacks: np.ndarray | None = None
+        self.mask = np.ones(self.num_envs, bool)
+
+    def reset(self, seed: int) -> np.ndarray:
+        """Reset the envs (seeds seed, seed + 1, ...); returns their first observations."""
+        obs, _ = self.vec.reset(seed=seed)
+        self.stacks = np.repeat(obs, self.frame_stack, axis=1)  # (num_envs, stack * C, H, W)
+        self.mask = np.ones(self.num_envs, bool)
+        return obs
+
+    def step(self, epsilon: float) -> Step:
+        stacks = self.stacks
+        actions = self.explore(stacks, epsilon)
+        next_obs, rewards, terminated, truncated, info = self.vec.step(actions)
+        step = Step(stacks[:, -self.channels:], stacks, actions, rewards, terminated, truncated, next_obs, self.mask,
+                    info)
+        # CRUCIAL (next-step autoreset): an env that ended last step restarts now; its stack starts anew.
+        self.stacks = np.concatenate([stacks[:, self.channels:], next_obs], axis=1)
+        self.stacks[step.restarted] = np.repeat(next_obs[step.restarted], self.frame_stack, axis=1)
+        self.mask = ~(terminated | truncated)
+        return step
+
+    def explore(self, stacks: np.ndarray, epsilon: float) -> np.ndarray:
+        """Epsilon-greedy actions for a batch of stacked observations."""
+        count = len(stacks)
+        random_actions = self.rng.integers(0, self.num_actions, count)
+        explore = self.rng.random(count) < epsilon
+        if explore.all():
+            return random_actions
+        device = next(self.network.parameters()).device
+        with torch.no_grad():
+            greedy = self.network(torch.as_tensor(stacks, device=device)).argmax(1).cpu().numpy()
+        return np.where(explore, random_actions, greedy)
+
+    def close(self) -> None:
+        self.vec.close()
 
 
 def available_memory(device: torch.device) -> int:

@@ -116,7 +116,7 @@ def test_frame_stack_is_built_by_the_agent_and_its_replay(tmp_path):
     config = dot_config(tmp_path, "dqn_minatar_breakout", "agent.frame_stack=3", "agent.total_steps=400",
                         "agent.learning_starts=100")
     agent = DQNAgent(config, torch.device("cpu"))
-    assert agent.obs_shape == (3, 3, 7)
+    assert agent.online.encoder.in_shape == (3, 3, 7)  # three stacked one-channel frames
     run_dir = train(config, quiet=True)
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 400
     agent.reset()

@@ -26,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.common.config import RunConfig
+from agents.common.config import ConfigError, RunConfig
 from agents.common.envs import make_env
 
 AGENTS: dict[str, str] = {
@@ -98,12 +98,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train(config: RunConfig | None = None, resume: str | Path | None = None, quiet: bool = False) -> Path:
+def train(config: RunConfig | None = None, resume: str | Path | None = None, quiet: bool = False,
+          address: str | None = None) -> Path:
     """Train ``config`` into a new run directory, or continue the run at ``resume``; returns the run directory.
 
-    The env is made once first, so a bad env id or kwarg fails before the run directory exists. At the end,
-    summary.json holds the agent's summary and ``wall_s``, and (unless ``quiet``) the agent's outcome line is
-    printed.
+    The env is made once first, so a bad env id or kwarg fails before the run directory exists; so does a Ray
+    address that does not answer, for a run with rollout workers (``address``: a resumed run's new cluster). At
+    the end, summary.json holds the agent's summary and ``wall_s``, and (unless ``quiet``) the agent's outcome
+    line is printed.
     """
     from agents.common.run import Run
 
@@ -112,9 +114,13 @@ def train(config: RunConfig | None = None, resume: str | Path | None = None, qui
     if resume is not None:
         run = Run.open(resume)
         config = run.config
+        if address is not None:
+            config.ray.address = address
     else:
         make_env(config).close()
         run = None
+    if config.ray.workers > 0:
+        check_distributed(config)
     seed_everything(config.seed)
     agent = agent_class(config.agent.kind)(config, resolve_device(config.train.device))
     if run is None:
@@ -131,6 +137,20 @@ def train(config: RunConfig | None = None, resume: str | Path | None = None, qui
     if not quiet:
         print(agent.outcome())
     return run.dir
+
+
+def check_distributed(config: RunConfig) -> None:
+    """ConfigError unless the agent kind has rollout workers and the Ray address (if any) answers."""
+    from agents.common.cluster import check_reachable, resolve_address
+
+    if not getattr(agent_class(config.agent.kind), "distributed", False):
+        raise ConfigError(f"ray.workers: agent.kind {config.agent.kind} has no rollout workers (dqn has); "
+                          "leave --workers out")
+    if config.ray.address is not None:
+        check_reachable(resolve_address(config.ray.address))
+    elif config.ray.learner_gpus > torch.cuda.device_count():
+        raise ConfigError(f"ray.learner_gpus: {config.ray.learner_gpus} GPUs asked, this machine has "
+                          f"{torch.cuda.device_count()}")
 
 
 def load_trained_agent(run_dir: str | Path, device: str = "cpu") -> tuple[Agent, RunConfig]:

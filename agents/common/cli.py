@@ -7,6 +7,7 @@ nothing but ``agents/__main__.py`` (and the ``pixelpilot`` script) imports it.
     pixelpilot watch RUN_DIR [--live] [--export F]  replay recorded episodes (or play live) in a pygame window
     pixelpilot plot RUN_DIR ... [--out F.png]       learning curves, seeds of one config as mean and spread
     pixelpilot bench NAME [--json]                  measured figures against a named baseline
+    pixelpilot sweep CONFIG --grid KEY=A,B --seeds S  trials of overrides x seeds on Ray Tune: table, CSV, plots
 
 Bad input (unknown key, wrong type, missing file, not a run directory, damaged checkpoint) prints one line
 naming the file and key and exits with code 2, before anything is written.
@@ -33,7 +34,13 @@ BENCHES = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come after options too (`train CONFIG --workers 2 seed=1`): argparse leaves the
+    # positionals after an option unparsed, so they join the overrides here.
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides = [*(args.overrides or []), *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.handler(args)
     except ConfigError as err:
@@ -52,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", help="a YAML path or a recipe name in configs/")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    train.add_argument("--workers", type=int, metavar="N",
+                       help="rollout workers as Ray actors feeding one learner (dqn; sets ray.workers)")
+    train.add_argument("--address", metavar="ADDRESS",
+                       help="join this Ray cluster (auto, HOST:PORT) instead of starting one here (sets ray.address)")
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("eval", help="play a run's latest checkpoint")
@@ -104,20 +115,44 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png for one run, else learning_curves.png)")
     plot.add_argument("--key", help="metrics.csv column (default: rollout/ep_return, else trial/return)")
     plot.set_defaults(handler=cmd_plot)
+
+    sweep = commands.add_parser("sweep", help="train a grid (and random draws) of overrides over seeds on Ray Tune")
+    sweep.add_argument("config", nargs="?", help="a YAML path or a recipe name in configs/")
+    sweep.add_argument("overrides", nargs="*", help="key.sub=value overrides of every trial (right after CONFIG)")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=A,B,...",
+                       help="try each value of KEY; several --grid: every combination")
+    sweep.add_argument("--random", action="append", default=[], metavar="KEY=LOW:HIGH[:log]",
+                       help="draw KEY uniformly (integers if LOW and HIGH are; :log log-uniform), --samples times")
+    sweep.add_argument("--samples", type=int, default=None, help="random draws of the --random keys (default 1)")
+    sweep.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 of every configuration (default 1)")
+    sweep.add_argument("--jobs", type=int, default=None, help="trials at once (default: one per CPU of the Ray)")
+    sweep.add_argument("--address", default=None, help="run on this Ray cluster (auto, HOST:PORT)")
+    sweep.add_argument("--resume", metavar="SWEEP_DIR", help="finish an interrupted sweep")
+    sweep.set_defaults(handler=cmd_sweep)
     return parser
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from agents.common.agent import train
 
+    ray_overrides = []
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ConfigError(f"--workers: must be >= 1 (leave it out to act in this process), got {args.workers}")
+        ray_overrides.append(f"ray.workers={args.workers}")
+    if args.address is not None:
+        ray_overrides.append(f"ray.address={args.address}")
     if args.resume:
         if args.config or args.overrides:
             raise ConfigError("train --resume RUN_DIR takes no config or overrides (the run keeps its own)")
-        run_dir = train(resume=args.resume)
+        if args.workers is not None:
+            raise ConfigError("train --resume: --workers cannot change (the replay has a stream per worker env); "
+                              "the run keeps its own ray.workers")
+        run_dir = train(resume=args.resume, address=args.address)
     else:
         if not args.config:
             raise ConfigError("train: name a config (a path or a recipe in configs/) or --resume RUN_DIR")
-        run_dir = train(load_config(args.config, args.overrides))
+        run_dir = train(load_config(args.config, [*args.overrides, *ray_overrides]))
     print(f"run: {run_dir}")
     return 0
 
@@ -171,6 +206,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     print(f"wrote: {plot_runs(args.run_dirs, out=args.out, key=args.key)}")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from agents.common.sweep import sweep
+
+    sweep_dir, rows = sweep(args.config, args.overrides, args.grid, args.random, args.samples, args.seeds,
+                            address=args.address, jobs=args.jobs, resume=args.resume)
+    print(f"sweep: {sweep_dir}")
+    return 1 if any(row.status == "error" for row in rows) else 0
 
 
 def format_figures(result: dict, indent: str = "") -> str:

@@ -6,6 +6,8 @@ is the i-th entry of the list (Gymnasium's ``TransformAction``, single or vector
 
 from __future__ import annotations
 
+import importlib
+
 import gymnasium as gym
 import numpy as np
 
@@ -31,14 +33,19 @@ def make_env(config: RunConfig, render_mode: str | None = None) -> gym.Env:
 
 
 def make_vec_env(config: RunConfig) -> gym.vector.VectorEnv:
-    """``env.num_envs`` envs stepped together; the env's own batched implementation when it has one."""
+    """``env.num_envs`` envs stepped together; the env's own batched implementation when it has one.
+
+    An id "module:Env-v0" imports the module first, which registers the env, as gymnasium.make does."""
+    module, _, env_id = config.env.id.rpartition(":")
     try:
-        spec = gym.spec(config.env.id)
-    except gym.error.Error as err:
+        if module:
+            importlib.import_module(module)
+        spec = gym.spec(env_id)
+    except (gym.error.Error, ImportError) as err:
         raise ConfigError(f"env.id: {err}") from None
     mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
     try:
-        vec = gym.make_vec(config.env.id, num_envs=config.env.num_envs, vectorization_mode=mode, **config.env.kwargs)
+        vec = gym.make_vec(env_id, num_envs=config.env.num_envs, vectorization_mode=mode, **config.env.kwargs)
     except TypeError as err:
         raise ConfigError(f"env.kwargs: {err}") from None
     if config.env.discrete_actions is None:

@@ -106,6 +106,7 @@ def _storage(capacity: int, num_envs: int, frame_shape: tuple[int, int, int]) ->
         "cursor": ((num_envs,), torch.int64),  # entries ever written to each stream
         "episode_open": ((num_envs,), torch.bool),  # the stream's last entry is a transition of a running episode
         "open_start": ((num_envs,), torch.int64),  # position of the first entry of that running episode
+        "initial": ((slots,), torch.float32),  # priority given with the transition (-1: none, use max_priority)
         "max_priority": ((), torch.float64),  # largest priority seen (before ** alpha): new transitions get it
     }
 
@@ -175,6 +176,7 @@ class FrameReplay:
         for name, (shape, dtype) in _storage(capacity, num_envs, self.frame_shape).items():
             setattr(self, name, torch.zeros(shape, dtype=dtype, device=self.device))
         self.position.fill_(-1)
+        self.initial.fill_(-1.0)
         self.max_priority.fill_(1.0)
         self._levels = list(self.tree.split(_tree_sizes(self.position.shape[0])))  # views, leaves first
         self._offsets = torch.arange(n_step, device=self.device)
@@ -220,62 +222,82 @@ class FrameReplay:
         truncated: torch.Tensor | np.ndarray,
         next_frames: torch.Tensor | np.ndarray,
         mask: torch.Tensor | np.ndarray | None = None,
+        envs: torch.Tensor | np.ndarray | None = None,
+        priorities: torch.Tensor | np.ndarray | None = None,
     ) -> None:
         """Store one vector-env step of the envs in ``mask``.
 
         Args:
-            frames: (num_envs, C, H, W) uint8, the newest frame of each env's observation at t (not the stack).
-            actions: (num_envs,) integer actions taken at t.
-            rewards: (num_envs,) rewards of the step.
-            terminated, truncated: (num_envs,) bool flags of the step.
-            next_frames: (num_envs, C, H, W) uint8, the newest frame of the observation after the step; read only
+            frames: (rows, C, H, W) uint8, the newest frame of each env's observation at t (not the stack).
+            actions: (rows,) integer actions taken at t.
+            rewards: (rows,) rewards of the step.
+            terminated, truncated: (rows,) bool flags of the step.
+            next_frames: (rows, C, H, W) uint8, the newest frame of the observation after the step; read only
                 where the episode ended (its final observation), as the next step's ``frames`` holds the others.
-            mask: (num_envs,) bool, the envs whose step is a transition to store (None: all). With next-step
+            mask: (rows,) bool, the envs whose step is a transition to store (None: all). With next-step
                 autoreset this is ``~(terminated | truncated)`` of the previous step: the step after an
                 episode's end only resets the env and must not be stored. The other envs' streams are untouched.
+            envs: (rows,) the envs (streams) the rows belong to; None: all ``num_envs``, in order (rows = num_envs).
+                A rollout worker's step fills only its own envs' streams.
+            priorities: (rows,) initial priorities of the transitions (with ``prioritized``; a rollout worker's
+                |TD error|); None: the largest priority seen so far, as Schaul et al.
         """
-        frames = self._frames(frames, "frames")
-        next_frames = self._frames(next_frames, "next_frames")
-        actions = self._per_env(actions, torch.int64, "actions")
-        rewards = self._per_env(rewards, torch.float32, "rewards")
-        terminated = self._per_env(terminated, torch.bool, "terminated")
-        truncated = self._per_env(truncated, torch.bool, "truncated")
+        if envs is None:
+            envs = torch.arange(self.num_envs, device=self.device)
+        envs = torch.as_tensor(envs, dtype=torch.int64, device=self.device)
+        rows = envs.shape[0]
+        if envs.dim() != 1 or not bool(((envs >= 0) & (envs < self.num_envs)).all()) or envs.unique().numel() != rows:
+            raise ValueError(f"envs must be distinct env indices in [0, {self.num_envs}), got {envs.tolist()}")
+        frames = self._frames(frames, "frames", rows)
+        next_frames = self._frames(next_frames, "next_frames", rows)
+        actions = self._per_env(actions, torch.int64, "actions", rows)
+        rewards = self._per_env(rewards, torch.float32, "rewards", rows)
+        terminated = self._per_env(terminated, torch.bool, "terminated", rows)
+        truncated = self._per_env(truncated, torch.bool, "truncated", rows)
         if mask is None:
-            mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-        mask = self._per_env(mask, torch.bool, "mask")
-        if bool((self.episode_open & ~mask).any()):
+            mask = torch.ones(rows, dtype=torch.bool, device=self.device)
+        mask = self._per_env(mask, torch.bool, "mask", rows)
+        initial = None if priorities is None else self._per_env(priorities, torch.float32, "priorities", rows)
+        skipped = self.episode_open[envs] & ~mask
+        if bool(skipped.any()):
             # Skipping a step in the middle of an episode would join its neighbours into one false transition.
             raise ValueError(
-                f"mask leaves out envs {(self.episode_open & ~mask).nonzero().flatten().tolist()} whose last stored "
+                f"mask leaves out envs {envs[skipped].tolist()} whose last stored "
                 f"step did not end their episode; only the step after an episode's end (next-step autoreset) may "
                 f"be left out: pass mask = ~(terminated | truncated) of the previous step"
             )
         slots = self.slots_per_env
-        stream = mask.nonzero().flatten()  # (m,) envs to store
+        row = mask.nonzero().flatten()  # (m,) rows to store
+        stream = envs[row]  # (m,) their envs
         position = self.cursor[stream]
         start = torch.where(self.episode_open[stream], self.open_start[stream], position)
-        terminated, truncated = terminated[stream], truncated[stream]
+        terminated, truncated = terminated[row], truncated[row]
         ended = terminated | truncated
-        self._write(stream * slots + position % slots, frames[stream], actions[stream], rewards[stream], terminated,
-                    truncated, False, position, start)
+        self._write(stream * slots + position % slots, frames[row], actions[row], rewards[row], terminated,
+                    truncated, False, position, start, None if initial is None else initial[row])
         # The final frame of an ended episode becomes the entry after its last transition.
         last = ended.nonzero().flatten()  # (ended,) rows of `stream` (indices, not a mask: one device sync)
         if last.numel():
             env, after = stream[last], position[last] + 1
             zeros = torch.zeros_like(env)
-            self._write(env * slots + after % slots, next_frames[env], zeros, zeros.float(), zeros.bool(),
+            self._write(env * slots + after % slots, next_frames[row[last]], zeros, zeros.float(), zeros.bool(),
                         zeros.bool(), True, after, start[last])
         self.cursor[stream] += 1 + ended.long()
         self.episode_open[stream] = ~ended
         self.open_start[stream] = start
         self._refresh()
 
-    def cut_episodes(self) -> None:
-        """End every episode still running in the streams, for when their envs are reset without a last step
-        (a killed run resumes with fresh episodes): the newest entry becomes the final observation of a
-        truncated episode (its own action and reward are dropped), so no transition joins two episodes.
+    def cut_episodes(self, envs: torch.Tensor | np.ndarray | None = None) -> None:
+        """End every episode still running in the streams of `envs` (None: all), for when their envs are reset
+        without a last step (a killed run resumes, a rollout worker is restarted, with fresh episodes): the newest
+        entry becomes the final observation of a truncated episode (its own action and reward are dropped), so
+        no transition joins two episodes.
         """
-        stream = self.episode_open.nonzero().flatten()
+        open_ = self.episode_open.clone()
+        if envs is not None:
+            open_ &= torch.isin(torch.arange(self.num_envs, device=self.device),
+                                torch.as_tensor(envs, device=self.device))
+        stream = open_.nonzero().flatten()
         if not stream.numel():
             return
         slots = self.slots_per_env
@@ -287,29 +309,32 @@ class FrameReplay:
         self.episode_open[stream] = False
         self._refresh()
 
-    def _frames(self, frames: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
+    def _frames(self, frames: torch.Tensor | np.ndarray, name: str, rows: int) -> torch.Tensor:
         frames = torch.as_tensor(frames, device=self.device)
-        expected = (self.num_envs, *self.frame_shape)
+        expected = (rows, *self.frame_shape)
         if tuple(frames.shape) != expected or frames.dtype != torch.uint8:
             raise ValueError(f"{name} must be {expected} uint8 (the newest frame of each env's observation, not the "
                              f"stack), got {tuple(frames.shape)} {frames.dtype}")
         return frames
 
-    def _per_env(self, values: torch.Tensor | np.ndarray, dtype: torch.dtype, name: str) -> torch.Tensor:
+    def _per_env(self, values: torch.Tensor | np.ndarray, dtype: torch.dtype, name: str, rows: int) -> torch.Tensor:
         values = torch.as_tensor(values, dtype=dtype, device=self.device)
-        if tuple(values.shape) != (self.num_envs,):
-            raise ValueError(f"{name} must have shape ({self.num_envs},), got {tuple(values.shape)}")
+        if tuple(values.shape) != (rows,):
+            raise ValueError(f"{name} must have shape ({rows},), got {tuple(values.shape)}")
         return values
 
     def _write(self, slot: torch.Tensor, frames: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
                terminated: torch.Tensor, truncated: torch.Tensor, final: bool, position: torch.Tensor,
-               start: torch.Tensor) -> None:
-        """Write entries to `slot` (m,); they start invalid, so a reused slot does not keep the old priority."""
+               start: torch.Tensor, initial: torch.Tensor | None = None) -> None:
+        """Write entries to `slot` (m,); they start invalid, so a reused slot does not keep the old priority.
+        `initial`: their first priorities (None: -1, the max priority when they become sampleable)."""
         self.frames[slot] = frames
         self.actions[slot], self.rewards[slot] = actions, rewards
         self.terminated[slot], self.truncated[slot], self.final[slot] = terminated, truncated, final
         self.position[slot], self.episode_start[slot] = position, start
         self.valid[slot] = False
+        if self.prioritized:
+            self.initial[slot] = -1.0 if initial is None else initial.clamp(min=self.priority_eps)
 
     def _refresh(self) -> None:
         """Recompute validity and n-step windows where an add can change them, and set those tree leaves (see the
@@ -328,13 +353,15 @@ class FrameReplay:
         if not self.prioritized:  # uniform sampling reads `valid` alone
             self.valid[index] = valid
             return
-        leaf = torch.where(self.valid[index], self._levels[0][index], self._new_leaf())
+        leaf = torch.where(self.valid[index], self._levels[0][index], self._new_leaf(index))
         self.valid[index] = valid
         self._set_leaves(index, torch.where(valid, leaf, 0.0))
 
-    def _new_leaf(self) -> torch.Tensor:
-        """The leaf of a transition that just became sampleable: max priority ** alpha, or 1 when uniform."""
-        return self.max_priority**self.alpha if self.prioritized else torch.ones_like(self.max_priority)
+    def _new_leaf(self, index: torch.Tensor) -> torch.Tensor:
+        """The leaves of the transitions in slots `index` as they become sampleable: their initial priority **
+        alpha, or the max priority's where they came without one."""
+        initial = self.initial[index].double()
+        return torch.where(initial >= 0, initial, self.max_priority) ** self.alpha
 
     # ------------------------------------------------------------------------------------------- validity
 
@@ -493,6 +520,9 @@ class FrameReplay:
         if state["config"] != self._config():
             raise ValueError(f"the saved replay was made with {state['config']}, this one with {self._config()}")
         for name in _STATE:
+            if name == "initial" and name not in state:  # saved before initial priorities (2026-11-26)
+                self.initial.fill_(-1.0)
+                continue
             getattr(self, name).copy_(state[name])
         if self.generator is not None and "generator" in state:
             self.generator.set_state(state["generator"])

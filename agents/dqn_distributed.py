@@ -1,0 +1,220 @@
+"""Distributed DQN/Rainbow (Ape-X, Horgan et al. 2018): Ray rollout workers feed one learner.
+
+    pixelpilot train configs/dqn_minatar_breakout.yaml --workers 4                  # an embedded Ray here
+    pixelpilot train configs/dqn_minatar_breakout.yaml --workers 16 --address auto  # the cluster of `ray start`
+
+The learner is the training process itself (on its GPU when `train.device` has one): it holds the replay, the
+online and target networks and the optimiser, and writes the run directory as a one-process run does (metrics,
+checkpoints, episodes, `--resume`). Each `RolloutWorker` (a Ray actor) is the one-process run's `Actor` on its own
+vector env, with a CPU copy of the network and its own epsilon, worker i of N: `ray.epsilon ** (1 +
+ray.epsilon_alpha * i / (N - 1))` (Ape-X's 0.4 and 7). The learner loop:
+
+    wait for whichever worker's batch is ready first (ray.wait: never for the slowest)
+    add its `ray.steps_per_batch` vector steps to the replay (each env of each worker is one replay stream), with
+        their initial priorities (prioritised replay: the worker's 1-step |TD error|; Ape-X uses n-step)
+    the updates those env steps owe (one per `train_every`, as a one-process run), the target sync when due
+    every `ray.weights_every` updates: the weights into the object store (ray.put) for the next batches
+    send that worker off for its next batch
+    log, checkpoint, record worker 0's env 0 episodes
+
+A worker that dies is restarted by Ray (`ray.max_restarts`); its envs' running episodes are cut in the replay
+and it goes on with fresh ones. Distributed runs are not bit-reproducible (batches arrive in whatever order the
+workers finish them); a one-process run is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+
+import numpy as np
+import torch
+
+from agents.common.agent import Every
+from agents.common.cluster import start_ray, stop_ray
+from agents.common.config import ConfigError, RunConfig
+from agents.common.envs import make_env
+from agents.common.run import EpisodeRecorder, Run
+from agents.dqn import Actor, DQNAgent, build_network
+
+
+def worker_epsilons(workers: int, epsilon: float, alpha: float) -> list[float]:
+    """Ape-X's exploration rates: worker i of N explores with epsilon ** (1 + alpha * i / (N - 1))."""
+    return [epsilon ** (1 + alpha * index / max(workers - 1, 1)) for index in range(workers)]
+
+
+class RolloutWorker:
+    """A rollout worker (run as a Ray actor): an Actor on its own vector env with a CPU copy of the Q-network.
+
+    `collect(weights, steps)` loads the weights (a state dict of NumPy arrays; None: keep the current ones),
+    steps the envs `steps` times and returns the steps as arrays for the learner's replay, with the episodes that
+    ended (and, from worker 0, env 0's episodes due for recording).
+    """
+
+    def __init__(self, config: RunConfig, index: int, epsilon: float) -> None:
+        torch.set_num_threads(1)
+        self.config, self.index, self.epsilon = config, index, epsilon
+        seed = config.seed + 1_000_003 * (index + 1)  # apart from the learner's and from every other worker's
+        torch.manual_seed(seed)
+        env = make_env(config)
+        frame_shape, num_actions = env.observation_space.shape, int(env.action_space.n)
+        env.close()
+        self.network = build_network(config, frame_shape, num_actions)
+        self.actor = Actor(config, self.network, np.random.default_rng(seed))
+        first = self.actor.reset(seed=seed)
+        self.recorder = EpisodeRecorder(first[0]) if index == 0 else None
+        self.episodes = 0  # this worker's env 0 episodes (for the recording cadence)
+        self.started = True  # until the first batch: the learner cuts the episodes a dead predecessor left open
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def collect(self, weights: dict[str, np.ndarray] | None, steps: int) -> dict:
+        if weights is not None:
+            self.network.load_state_dict({name: torch.from_numpy(value) for name, value in weights.items()})
+        agent = self.config.agent
+        rows, ended, recorded = [], [], []
+        for _ in range(steps):
+            step = self.actor.step(self.epsilon)
+            rows.append(step)
+            if self.recorder is not None:
+                self.recorder.step(step.actions[0], step.rewards[0], step.next_frames[0], step.restarted[0])
+            if "episode" in step.info:
+                for env in np.flatnonzero(step.info["_episode"]):
+                    success = bool(step.info["is_success"][env]) if "is_success" in step.info else None
+                    ended.append((float(step.info["episode"]["r"][env]), success))
+                    if env == 0 and self.recorder is not None:
+                        self.episodes += 1
+                        if self.episodes % self.config.train.record_every == 0:
+                            recorded.append(self.recorder.arrays())
+        transitions = [np.stack(column) for column in
+                       zip(*(step.transition(agent.reward_clip) for step in rows), strict=True)]
+        batch = dict(zip(("frames", "actions", "rewards", "terminated", "truncated", "next_frames", "mask"),
+                         transitions, strict=True))
+        if agent.replay.prioritized:
+            batch["priorities"] = self.td_errors(rows, batch["rewards"])
+        started, self.started = self.started, False
+        return {**batch, "episodes": ended, "recorded": recorded, "started": started}
+
+    @torch.no_grad()
+    def td_errors(self, rows: list, rewards: np.ndarray) -> np.ndarray:
+        """(steps, num_envs) |r + gamma (1 - terminated) max_a Q(s', a) - Q(s, a)| of the worker's network: the
+        transitions' initial priorities."""
+        channels = self.actor.channels
+        stacks = np.stack([step.stacks for step in rows])  # (steps, envs, stack * C, H, W)
+        next_stacks = np.concatenate([stacks[:, :, channels:], np.stack([step.next_frames for step in rows])], 2)
+        flat = lambda array: torch.as_tensor(array.reshape(-1, *array.shape[2:]))  # noqa: E731
+        actions = flat(np.stack([step.actions for step in rows])).long()
+        q = self.network(flat(stacks)).gather(1, actions[:, None]).squeeze(1)
+        next_q = self.network(flat(next_stacks)).max(1).values
+        terminated = flat(np.stack([step.terminated for step in rows])).float()
+        target = flat(rewards).float() + self.config.agent.gamma * (1 - terminated) * next_q
+        return (target - q).abs().reshape(rewards.shape).numpy()
+
+
+def check_cluster(config: RunConfig, resources: dict) -> None:
+    """ConfigError when the cluster cannot hold the workers or has fewer GPUs than the learner asks for."""
+    settings = config.ray
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    if settings.workers * settings.worker_cpus > cpus:
+        raise ConfigError(f"ray.workers: {settings.workers} workers of {settings.worker_cpus} CPUs need "
+                          f"{settings.workers * settings.worker_cpus:g} CPUs, the cluster has {cpus:g}")
+    if settings.learner_gpus > gpus:
+        raise ConfigError(f"ray.learner_gpus: {settings.learner_gpus} GPUs asked, the cluster has {gpus:g}")
+
+
+def weights_of(agent: DQNAgent) -> dict[str, np.ndarray]:
+    return {name: value.detach().cpu().numpy() for name, value in agent.online.state_dict().items()}
+
+
+def train_distributed(agent: DQNAgent, run: Run) -> None:
+    """The learner's loop (see the module docstring)."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    config, settings = agent.config, agent.config.ray
+    embedded = settings.address is None
+    started = not ray.is_initialized()  # (a Ray this process already runs, as in tests, is left running)
+    # The embedded Ray gets at least a CPU per worker: Ray counts CPUs as reservations, not cores.
+    cpus = max(os.cpu_count() or 1, int(np.ceil(settings.workers * settings.worker_cpus))) if embedded else None
+    resources = start_ray(settings.address, num_cpus=cpus, dashboard=settings.dashboard, log_dir=run.dir)
+    try:
+        check_cluster(config, resources)
+        # SPREAD: one worker per node before two on any (a cluster's envs step on every machine). A worker that
+        # dies is restarted (max_restarts) and its pending batch asked of the new one (max_task_retries).
+        remote = ray.remote(num_cpus=settings.worker_cpus, max_restarts=settings.max_restarts, max_task_retries=-1,
+                            scheduling_strategy="SPREAD")(RolloutWorker)
+        epsilons = worker_epsilons(settings.workers, settings.epsilon, settings.epsilon_alpha)
+        workers = [remote.remote(config, index, epsilon) for index, epsilon in enumerate(epsilons)]
+        agent.worker_nodes = len(set(ray.get([worker.node_id.remote() for worker in workers])))
+        learn(agent, run, workers, RayActorError)
+    finally:
+        if started:
+            stop_ray()
+
+
+def learn(agent: DQNAgent, run: Run, workers: list, actor_error: type[Exception]) -> None:
+    import ray
+
+    config, settings = agent.config, agent.config.ray
+    envs = config.env.num_envs
+    streams = [np.arange(index * envs, (index + 1) * envs) for index in range(len(workers))]
+    if agent.replay is None:
+        agent.replay = agent.make_replay(envs * len(workers))
+        agent.replay_start = agent.env_steps
+    agent.replay.cut_episodes()  # the workers start new episodes
+    log_due = Every(config.train.log_every, start=agent.env_steps)
+    target_due = Every(config.agent.target_update_every, start=agent.env_steps)
+    losses: deque[torch.Tensor] = deque(maxlen=100)
+    weights = ray.put(weights_of(agent))
+    updates_sent = agent.updates
+    pending = {worker.collect.remote(weights, settings.steps_per_batch): index for index, worker in enumerate(workers)}
+    seen = [False] * len(workers)  # a batch came from the worker (a later "started" batch: it was restarted)
+    bar = run.progress(config.agent.total_steps, initial=agent.env_steps)
+    while agent.env_steps < config.agent.total_steps:
+        [ready], _ = ray.wait(list(pending), num_returns=1)
+        index = pending.pop(ready)
+        try:
+            # Arrays from the object store are read-only views of it: copies for the replay (a few KB).
+            batch = {key: np.array(value) if isinstance(value, np.ndarray) else value
+                     for key, value in ray.get(ready).items()}
+        except actor_error:  # died more often than ray.max_restarts
+            raise RuntimeError(f"rollout worker {index} died and was restarted {settings.max_restarts} times "
+                               f"(ray.max_restarts); the logs: {run.dir / 'ray'}") from None
+        if batch["started"]:  # a new worker process: its envs begin new episodes
+            agent.replay.cut_episodes(streams[index])
+            agent.worker_restarts += seen[index]
+            seen[index] = True
+        steps = min(len(batch["actions"]), -(-(config.agent.total_steps - agent.env_steps) // envs))
+        for t in range(steps):
+            agent.replay.add(batch["frames"][t], batch["actions"][t], batch["rewards"][t], batch["terminated"][t],
+                             batch["truncated"][t], batch["next_frames"][t], mask=batch["mask"][t],
+                             envs=streams[index], priorities=batch["priorities"][t] if "priorities" in batch else None)
+        previous = agent.env_steps
+        agent.env_steps += steps * envs
+        bar.update(steps * envs)
+        for episode_return, success in batch["episodes"]:
+            agent.count_episode(episode_return, success)
+        for arrays in batch["recorded"]:
+            run.record_episode({**arrays, "episode": agent.episodes, "fps": agent.fps})
+        for _ in range(agent.updates_due(previous)):
+            losses.append(agent.update())
+        if target_due(agent.env_steps):
+            agent.sync_target()
+        if agent.updates - updates_sent >= settings.weights_every:
+            weights, updates_sent = ray.put(weights_of(agent)), agent.updates
+        if log_due(agent.env_steps):
+            run.log(agent.env_steps, {**agent.metrics(run, losses), "ray/worker_restarts": agent.worker_restarts})
+            bar.set_postfix(episodes=agent.episodes, ret=f"{agent.mean_return():.1f}", refresh=False)
+        if run.checkpoint_due(agent.env_steps):
+            run.save_checkpoint(agent.state_dict(), agent.env_steps)
+        pending[workers[index].collect.remote(weights, settings.steps_per_batch)] = index
+    bar.close()
+    for worker in workers:
+        ray.kill(worker)
+    run.save_checkpoint(agent.state_dict(), agent.env_steps)
