@@ -180,3 +180,13 @@ def test_replay_takes_one_workers_envs_and_their_initial_priorities():
     replay.cut_episodes(envs=[3])  # a restarted worker's env: its running episode ends, env 2's goes on
     assert replay.episode_open.tolist() == [False, False, True, False]
     assert torch.equal(replay.truncated[300:305], torch.tensor([False, False, False, True, False]))
+
+
+def test_ray_bench_reports_each_worker_count_the_single_rate_and_the_ratio():
+    from agents.common.bench_ray import bench_ray
+
+    result = bench_ray(workers=2, seconds=1.0)
+    assert set(result["workers"]) == {1, 2} and all(rate > 0 for rate in result["workers"].values())
+    assert result["single_steps_per_s"] > 0 and result["learner_updates_per_s"] > 0 and result["ray_start_s"] > 0
+    assert result["ratio"] == pytest.approx(result["workers"][2] / result["single_steps_per_s"] / 2)
+    assert not rollout_worker_pids()

@@ -29,6 +29,7 @@ BENCHES = {
     "envs": "envs.bench:bench_envs",
     "ddm": "agents.common.bench_ddm:bench_ddm",
     "dqn": "agents.common.bench_dqn:bench_dqn",
+    "ray": "agents.common.bench_ray:bench_ray",
 }
 
 
@@ -97,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_dqn.add_argument("--warmup", type=int, default=1000, help="random steps first, filling the replay")
     bench_dqn.add_argument("--device", default="cpu", help="cpu or cuda (both agents)")
     bench_dqn.add_argument("overrides", nargs="*", help="key.sub=value overrides of our DQN only")
-    for sub in (bench_envs, bench_ddm, bench_dqn):
+    bench_ray = bench.add_parser("ray", help="env steps/s of 1..N Ray rollout workers vs one process, learner updates/s")
+    bench_ray.add_argument("--workers", type=int, default=None, help="most rollout workers (default: CPUs)")
+    bench_ray.add_argument("--seconds", type=float, default=10.0, help="time per measurement (default 10)")
+    bench_ray.add_argument("--address", default=None, help="run the workers on this Ray cluster (auto, HOST:PORT)")
+    bench_ray.add_argument("overrides", nargs="*", help="key.sub=value overrides of configs/dqn_minatar_breakout.yaml")
+    for sub in (bench_envs, bench_ddm, bench_dqn, bench_ray):
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         sub.set_defaults(handler=cmd_bench)
 
