@@ -71,9 +71,9 @@ def run_seeds(config_name: str, seeds: int, overrides: Sequence[str], runs_dir: 
               address: str | None = None) -> list[dict]:
     """Seeds 0..seeds-1 of a config: their summary.json, in seed order.
 
-    jobs 1 and no address: one after another in this process, run directories under `runs_dir`. Otherwise as Ray tasks, `jobs` at once, on an
-    embedded Ray of `jobs` CPUs or the cluster at `address`; Ctrl-C or SIGTERM cancels them (their workers are
-    killed) and the embedded Ray is shut down before the command ends."""
+    jobs 1 and no address: one after another in this process, run directories under `runs_dir`. Otherwise as
+    Ray tasks, `jobs` at once, on an embedded Ray of `jobs` CPUs or the cluster at `address`; Ctrl-C or SIGTERM
+    cancels them (their workers are killed) and the embedded Ray is shut down before the command ends."""
     if jobs == 1 and address is None:
         return [run_seed(config_name, seed, overrides, runs_dir) for seed in range(seeds)]
     from agents.common.ray_tasks import map_tasks, ray_session, sigterm_as_ctrl_c

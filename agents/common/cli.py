@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="train a grid (and random draws) of overrides over seeds on Ray Tune")
     sweep.add_argument("config", nargs="?", help="a YAML path or a recipe name in configs/")
-    sweep.add_argument("overrides", nargs="*", help="key.sub=value overrides of every trial (right after CONFIG)")
+    sweep.add_argument("overrides", nargs="*", help="key.sub=value overrides of every trial")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=A,B,...",
                        help="try each value of KEY; several --grid: every combination")
     sweep.add_argument("--random", action="append", default=[], metavar="KEY=LOW:HIGH[:log]",
