@@ -61,7 +61,14 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.common.config import ConfigError, apply_override, config_from_dict, config_to_dict, load_config
+from agents.common.config import (
+    ConfigError,
+    RunConfig,
+    apply_override,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+)
 from agents.common.envs import make_env
 
 PLAN_FILE = "sweep.json"
@@ -101,12 +108,13 @@ class SweepPlan:
         text = ",".join(self.configurations[index]).replace("/", "_").replace(" ", "")
         return f"c{index}_{text}" if text and len(text) <= 100 else f"c{index}"
 
-    def trial_config(self, index: int, seed: int):
+    def trial_config(self, index: int, seed: int) -> RunConfig:
         """The RunConfig of configuration `index` with `seed`, its run directory under the sweep directory."""
         data = json.loads(json.dumps(self.base))
-        for override in [*self.configurations[index], f"seed={seed}", f"train.runs_dir={self.sweep_dir}"]:
+        for override in self.configurations[index]:
             apply_override(data, override)
-        data["name"] = self.label(index)
+        data.update(seed=seed, name=self.label(index))
+        data["train"]["runs_dir"] = self.sweep_dir
         return config_from_dict(data, source=f"sweep configuration c{index}")
 
 
@@ -260,14 +268,17 @@ def plan_sweep(config: str, overrides: Sequence[str] = (), grid: Sequence[str] =
 
 
 def read_plan(sweep_dir: str | Path) -> SweepPlan:
+    """A sweep directory's plan, its trials' run directories under the directory where it is now."""
     path = Path(sweep_dir) / PLAN_FILE
-    if not path.is_file() or not (Path(sweep_dir) / TUNE_DIR).is_dir():
-        raise ConfigError(f"--resume {sweep_dir}: not a sweep directory (no {PLAN_FILE} and {TUNE_DIR}/ in it)")
-    return SweepPlan(**json.loads(path.read_text()))
+    if not path.is_file():
+        raise ConfigError(f"--resume {sweep_dir}: not a sweep directory (no {PLAN_FILE} in it)")
+    if not (Path(sweep_dir) / TUNE_DIR).is_dir():
+        raise ConfigError(f"--resume {sweep_dir}: stopped before Tune started (no {TUNE_DIR}/): run the sweep again")
+    return SweepPlan(**{**json.loads(path.read_text()), "sweep_dir": str(Path(sweep_dir).resolve())})
 
 
 # ------------------------------------------------------------------------------------------------ one trial
-def trial_metric(plan: SweepPlan, summary: dict, config) -> float:
+def trial_metric(plan: SweepPlan, summary: dict, config: RunConfig) -> float:
     """A finished run's metric from its summary.json (a DDM seed that never succeeds: agent.trials + 1)."""
     if plan.metric == "trials_to_success":
         return float(summary["success_trial"] if summary.get("success_trial") is not None
@@ -517,7 +528,7 @@ def format_table(plan: SweepPlan, rows: Sequence[TrialRow]) -> str:
     table = []
     for row in rows:
         cells = row_values(plan, row)
-        if cells["run_dir"]:
+        if cells["run_dir"] and Path(cells["run_dir"]).is_relative_to(plan.sweep_dir):
             cells["run_dir"] = str(Path(cells["run_dir"]).relative_to(plan.sweep_dir))
         table.append({key: "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
                       for key, value in cells.items()})
