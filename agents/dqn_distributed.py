@@ -9,12 +9,11 @@ checkpoints, episodes, `--resume`). Each `RolloutWorker` (a Ray actor) is the on
 vector env, with a CPU copy of the network and its own epsilon, worker i of N: `ray.epsilon ** (1 +
 ray.epsilon_alpha * i / (N - 1))` (Ape-X's 0.4 and 7). The learner loop:
 
-    wait for whichever worker's batch is ready first (ray.wait: never for the slowest)
+    wait for whichever worker's batch is ready first (ray.wait: never for the slowest); send it off for its next
     add its `ray.steps_per_batch` vector steps to the replay (each env of each worker is one replay stream), with
         their initial priorities (prioritised replay: the worker's 1-step |TD error|; Ape-X uses n-step)
     the updates those env steps owe (one per `train_every`, as a one-process run), the target sync when due
     every `ray.weights_every` updates: the weights into the object store (ray.put) for the next batches
-    send that worker off for its next batch
     log, checkpoint, record worker 0's env 0 episodes
 
 A worker that dies is restarted by Ray (`ray.max_restarts`); its envs' running episodes are cut in the replay
@@ -186,6 +185,8 @@ def learn(agent: DQNAgent, run: Run, workers: list, actor_error: type[Exception]
         except actor_error:  # died more often than ray.max_restarts
             raise RuntimeError(f"rollout worker {index} died and was restarted {settings.max_restarts} times "
                                f"(ray.max_restarts); the logs: {run.dir / 'ray'}") from None
+        # Off again at once, with the weights it has, while this process stores and learns from its batch.
+        pending[workers[index].collect.remote(weights, settings.steps_per_batch)] = index
         if batch["started"]:  # a new worker process: its envs begin new episodes
             agent.replay.cut_episodes(streams[index])
             agent.worker_restarts += seen[index]
@@ -213,7 +214,6 @@ def learn(agent: DQNAgent, run: Run, workers: list, actor_error: type[Exception]
             bar.set_postfix(episodes=agent.episodes, ret=f"{agent.mean_return():.1f}", refresh=False)
         if run.checkpoint_due(agent.env_steps):
             run.save_checkpoint(agent.state_dict(), agent.env_steps)
-        pending[workers[index].collect.remote(weights, settings.steps_per_batch)] = index
     bar.close()
     for worker in workers:
         ray.kill(worker)

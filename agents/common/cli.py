@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_dqn.add_argument("--warmup", type=int, default=1000, help="random steps first, filling the replay")
     bench_dqn.add_argument("--device", default="cpu", help="cpu or cuda (both agents)")
     bench_dqn.add_argument("overrides", nargs="*", help="key.sub=value overrides of our DQN only")
-    bench_ray = bench.add_parser("ray", help="env steps/s of 1..N Ray rollout workers vs one process, learner updates/s")
+    bench_ray = bench.add_parser("ray", help="env steps/s of 1..N Ray rollout workers vs one process")
     bench_ray.add_argument("--workers", type=int, default=None, help="most rollout workers (default: CPUs)")
     bench_ray.add_argument("--seconds", type=float, default=10.0, help="time per measurement (default 10)")
     bench_ray.add_argument("--address", default=None, help="run the workers on this Ray cluster (auto, HOST:PORT)")

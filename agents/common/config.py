@@ -107,7 +107,7 @@ class RayConfig:
     workers: int = 0  # rollout workers (Ray actors named RolloutWorker); 0: act in the training process
     address: str | None = None  # Ray cluster to join ("auto", "HOST:6379"); None: start an embedded Ray here
     weights_every: int = 100  # learner updates between weight broadcasts to the workers (through the object store)
-    steps_per_batch: int = 32  # vector-env steps a worker collects before sending them to the learner
+    steps_per_batch: int = 256  # vector-env steps a worker collects before sending them to the learner
     epsilon: float = 0.4  # worker i of N explores with epsilon ** (1 + epsilon_alpha * i / (N - 1)) (Ape-X)
     epsilon_alpha: float = 7.0
     max_restarts: int = 3  # a rollout worker that dies is restarted this many times
