@@ -143,7 +143,9 @@ class DQNAgent:
         self.stack: np.ndarray | None = None  # act()'s own frame stack, (stack * C, H, W)
 
     # the training loop -----------------------------------------------------------------------------------
-    def train(self, run: Run) -> None:
+    def train(self, run: Run, until: int | None = None) -> None:
+        """Train to agent.total_steps env steps, or only to `until` of them (a round of population-based
+        training, agents/common/pbt.py), checkpointing at the stop either way."""
         if self.config.ray.workers > 0:  # Ape-X: rollout workers as Ray actors feed this learner
             from agents.dqn_distributed import train_distributed
 
@@ -162,7 +164,8 @@ class DQNAgent:
         episode = EpisodeRecorder(actor.reset(seed=self.config.seed + self.env_steps)[0])
         losses: deque[torch.Tensor] = deque(maxlen=100)
         bar = run.progress(agent.total_steps, initial=self.env_steps)
-        while self.env_steps < agent.total_steps:
+        stop = agent.total_steps if until is None else min(until, agent.total_steps)
+        while self.env_steps < stop:
             step = actor.step(1.0 if self.env_steps < agent.learning_starts else self.epsilon())
             self.replay.add(*step.transition(agent.reward_clip))
             previous = self.env_steps
