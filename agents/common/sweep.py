@@ -433,6 +433,11 @@ def run_tune(plan: SweepPlan, jobs: int | None, restore: bool):
                                       failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                                       callbacks=[progress_lines(plan.metric)]),
         )
+    return fit_keeping_signals(tuner)
+
+
+def fit_keeping_signals(tuner):
+    """tuner.fit(), then this process's SIGINT and SIGUSR1 handlers back in place."""
     # Tune takes over SIGINT (and SIGUSR1) to stop a sweep gracefully and leaves its handler in place after fit.
     handled = (signal.SIGINT, signal.SIGUSR1)
     main_thread = threading.current_thread() is threading.main_thread()
@@ -532,10 +537,7 @@ def format_table(plan: SweepPlan, rows: Sequence[TrialRow]) -> str:
             cells["run_dir"] = str(Path(cells["run_dir"]).relative_to(plan.sweep_dir))
         table.append({key: "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
                       for key, value in cells.items()})
-    header = list(table[0])
-    widths = {key: max(len(key), *(len(cells[key]) for cells in table)) for key in header}
-    lines = ["  ".join(key.ljust(widths[key]) for key in header)]
-    lines += ["  ".join(cells[key].ljust(widths[key]) for key in header) for cells in table]
+    lines = aligned(table)
     summary = configuration_summary(plan, rows)
     if summary:
         best = (min if plan.mode == "min" else max)(summary, key=lambda item: item[1])
@@ -545,6 +547,14 @@ def format_table(plan: SweepPlan, rows: Sequence[TrialRow]) -> str:
             lines.append(f"c{index} {' '.join(plan.configurations[index]) or '(the config as it is)'}: "
                          f"{plan.metric} {mean:.4g} ± {std:.4g} over {plural(count, 'seed')}{mark}")
     return "\n".join(lines)
+
+
+def aligned(table: Sequence[dict[str, str]]) -> list[str]:
+    """Rows of cells (the same keys in each) as lines of aligned columns, a header line first."""
+    header = list(table[0])
+    widths = {key: max(len(key), *(len(cells[key]) for cells in table)) for key in header}
+    lines = ["  ".join(key.ljust(widths[key]) for key in header)]
+    return lines + ["  ".join(cells[key].ljust(widths[key]) for key in header) for cells in table]
 
 
 def configuration_summary(plan: SweepPlan, rows: Sequence[TrialRow]) -> list[tuple[int, float, float, int]]:
