@@ -8,6 +8,7 @@ nothing but ``agents/__main__.py`` (and the ``pixelpilot`` script) imports it.
     pixelpilot plot RUN_DIR ... [--out F.png]       learning curves, seeds of one config as mean and spread
     pixelpilot bench NAME [--json]                  measured figures against a named baseline
     pixelpilot sweep CONFIG --grid KEY=A,B --seeds S  trials of overrides x seeds on Ray Tune: table, CSV, plots
+    pixelpilot sweep CONFIG --pbt --population P    population-based training of a dqn config on Ray Tune
 
 Bad input (unknown key, wrong type, missing file, not a run directory, damaged checkpoint) prints one line
 naming the file and key and exits with code 2, before anything is written.
@@ -134,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--jobs", type=int, default=None, help="trials at once (default: one per CPU of the Ray)")
     sweep.add_argument("--address", default=None, help="run on this Ray cluster (auto, HOST:PORT)")
     sweep.add_argument("--resume", metavar="SWEEP_DIR", help="finish an interrupted sweep")
+    sweep.add_argument("--pbt", action="store_true",
+                       help="population-based training (dqn): members exploit the best's checkpoint and perturb "
+                            "lr, the epsilon schedule and n-step")
+    sweep.add_argument("--population", type=int, default=None, help="--pbt: members (default 4)")
+    sweep.add_argument("--perturb-every", type=int, default=None, metavar="STEPS",
+                       help="--pbt: env steps per round between exploits (default: agent.total_steps / 10)")
     sweep.set_defaults(handler=cmd_sweep)
     return parser
 
@@ -217,10 +224,28 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from agents.common.sweep import sweep
 
+    if args.pbt:
+        return cmd_pbt(args)
+    if args.population is not None or args.perturb_every is not None:
+        raise ConfigError("--population and --perturb-every: only with --pbt")
     sweep_dir, rows = sweep(args.config, args.overrides, args.grid, args.random, args.samples, args.seeds,
                             address=args.address, jobs=args.jobs, resume=args.resume)
     print(f"sweep: {sweep_dir}")
     return 1 if any(row.status == "error" for row in rows) else 0
+
+
+def cmd_pbt(args: argparse.Namespace) -> int:
+    from agents.common.pbt import pbt
+
+    if args.grid or args.random or args.samples is not None or args.seeds != 1 or args.resume:
+        raise ConfigError("sweep --pbt: takes no --grid, --random, --samples, --seeds or --resume (the members "
+                          "draw their own hyperparameters and seeds)")
+    if not args.config:
+        raise ConfigError("sweep --pbt: name a config (a path or a recipe in configs/)")
+    sweep_dir, rows = pbt(args.config, args.overrides, 4 if args.population is None else args.population,
+                          args.perturb_every, address=args.address, jobs=args.jobs)
+    print(f"sweep: {sweep_dir}")
+    return 1 if any(row["status"].startswith("error") for row in rows) else 0
 
 
 def format_figures(result: dict, indent: str = "") -> str:

@@ -1,0 +1,369 @@
+"""``pixelpilot sweep CONFIG --pbt``: population-based training (Jaderberg et al. 2017) of a DQN/Rainbow config on
+Ray Tune's PopulationBasedTraining scheduler.
+
+    pixelpilot sweep dqn_minatar_breakout --pbt --population 4 --perturb-every 50000
+
+A population of members trains the config at once, each with its own seed (config seed + member) and its own
+draw of the mutated hyperparameters. Training proceeds in rounds of ``--perturb-every`` env steps; at each
+round's end a member reports its mean return (the last episodes' mean) and a Tune checkpoint: its pixelpilot
+checkpoint file (without the replay) and its hyperparameters. Tune's scheduler (asynchronous, as in the paper)
+then ranks the members that have reported: one in the bottom quantile *exploits* one in the top quantile (its
+process restarts from the donor's checkpoint: network, optimiser, counters, RNG states; its replay refills, as
+a resume without a saved replay does) and *explores* (the donor's hyperparameters, each perturbed or resampled
+within its bounds). Mutated, with bounds derived from the config:
+
+    lr                    log-uniform over [lr / 10, lr * 10]; perturbed x0.8 or x1.2
+    epsilon_end           uniform over [0.01, 0.2] (or wider, to hold the config's own value); x0.8 or x1.2
+    epsilon_decay_steps   integers over [decay / 4, decay * 4]; x0.8 or x1.2
+    replay.n_step         one of 1, 3, 5; a step to a neighbour in that list
+
+Each mutation is resampled from its bounds instead with probability RESAMPLE_PROBABILITY; a perturbation is
+clipped to the bounds.
+
+    runs/<name>/sweep-pbt-<stamp>/
+        pbt.json                     what was asked: the config, population, interval, bounds, first draws
+        m<i>/<stamp>-seed<N>/        member i's run directory: config.yaml (its hyperparameters now),
+                                     metrics.csv, checkpoints/, summary.json and hyperparameters.json, the
+                                     member's history: its start, then each exploit (the donor's step, episodes
+                                     and updates it continues from, the new values)
+        tune/                        Ray Tune's experiment state, trial logs and its pbt_global.txt
+        results.csv                  one row per member: final mean return, its hyperparameters at the end,
+                                     exploits, status, wall_s, run_dir
+        history.csv                  every member's hyperparameter history, one row per event
+        curves.png                   the members' learning curves (pixelpilot plot)
+
+A member's process restarts at each exploit, after a crash (retried from its own checkpoint, as a sweep's trials
+are), and when Tune pauses it at a round's end for a member waiting for a CPU (a population larger than
+``--jobs``). Every restart refills the replay before learning again (agent.learning_starts env steps) unless
+train.save_replay keeps it in the member's own checkpoints; the donor's replay is never copied.
+
+A member whose run is exploited keeps its own run directory: its checkpoints after the donor's step are
+deleted, the donor's checkpoint becomes its own, and its metrics.csv rows after that step are dropped (as a
+resume does), so ``train --resume`` of a member's run continues what the member last was.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from agents.common.config import ConfigError, RunConfig, config_from_dict, config_to_dict, load_config
+from agents.common.sweep import MAX_FAILURES, RANDOM_SEED, RESULTS_FILE, TUNE_DIR, aligned, latest_run, plural
+
+PLAN_FILE = "pbt.json"
+HISTORY_FILE = "hyperparameters.json"  # in each member's run directory
+HISTORY_CSV = "history.csv"
+CURVES_PLOT = "curves.png"
+CHECKPOINT_FILE = "agent.pt"  # in each Tune checkpoint, with MEMBER_FILE
+MEMBER_FILE = "member.json"
+METRIC = "mean_return"
+PBT_KINDS = ("dqn",)
+RESAMPLE_PROBABILITY = 0.25
+PERTURBATION_FACTORS = (1.2, 0.8)
+N_STEPS = (1, 3, 5)
+ROUNDS = 10  # --perturb-every's default: agent.total_steps / ROUNDS
+# Tune's name of each mutated hyperparameter -> its config key
+KEYS = {"lr": "agent.lr", "epsilon_end": "agent.epsilon_end", "epsilon_decay_steps": "agent.epsilon_decay_steps",
+        "n_step": "agent.replay.n_step"}
+
+
+@dataclass
+class PBTPlan:
+    """What a PBT sweep runs, written to pbt.json before Tune starts."""
+
+    config: str  # the config as given (a path or recipe name)
+    base: dict  # the resolved config with the command's overrides: every member starts from it
+    population: int
+    perturb_every: int  # env steps per round
+    total_steps: int  # agent.total_steps of every member
+    bounds: dict  # lr, epsilon_end, epsilon_decay_steps: [low, high]; n_step: the choices
+    initial: list[dict]  # each member's first hyperparameters, by KEYS name
+    sweep_dir: str
+
+    def member_config(self, member: int, values: dict) -> RunConfig:
+        """Member `member`'s RunConfig with hyperparameters `values`, its run directory under the sweep's."""
+        data = json.loads(json.dumps(self.base))
+        for name, value in values.items():  # set as numbers: YAML 1.1 would read an override's 1e-05 as a string
+            *sections, last = KEYS[name].split(".")
+            node = data
+            for section in sections:
+                node = node[section]
+            node[last] = value
+        data.update(seed=self.base["seed"] + member, name=f"m{member}")
+        data["train"]["runs_dir"] = self.sweep_dir
+        return config_from_dict(data, source=f"population member m{member}")
+
+    def clip(self, values: dict) -> dict:
+        """Hyperparameters put back within their bounds (a perturbation of x1.2 may leave them), to 4 digits."""
+        clipped = dict(values)
+        for name in ("lr", "epsilon_end", "epsilon_decay_steps"):
+            low, high = self.bounds[name]
+            clipped[name] = min(max(float(f"{values[name]:.4g}"), low), high)
+        clipped["epsilon_decay_steps"] = int(round(clipped["epsilon_decay_steps"]))
+        return clipped
+
+
+# ------------------------------------------------------------------------------------------------ the command's input
+def plan_pbt(config: str, overrides: Sequence[str] = (), population: int = 4, perturb_every: int | None = None,
+             runs_dir: str | Path | None = None) -> PBTPlan:
+    """Check the command's input and draw the population's first hyperparameters (ConfigError, one line, on
+    anything wrong: before Ray starts and before anything is written)."""
+    if population < 2:
+        raise ConfigError(f"--population: must be >= 2 (members exploit each other), got {population}")
+    base = load_config(config, overrides)
+    if base.agent.kind not in PBT_KINDS:
+        raise ConfigError(f"--pbt: agent.kind {base.agent.kind}: population-based training mutates DQN's lr, "
+                          "epsilon schedule and n-step; use a dqn or rainbow config")
+    if base.ray.workers > 0:
+        raise ConfigError("--pbt: each member trains in one process; leave ray.workers at 0")
+    total = base.agent.total_steps
+    every = perturb_every if perturb_every is not None else max(1, total // ROUNDS)
+    if not 1 <= every < total:
+        raise ConfigError(f"--perturb-every: must be in [1, agent.total_steps) = [1, {total}), got {every}")
+    agent = base.agent
+    decay = max(agent.epsilon_decay_steps, 4)
+    bounds = {"lr": [agent.lr / 10, agent.lr * 10],
+              "epsilon_end": [min(0.01, agent.epsilon_end), max(0.2, agent.epsilon_end)],
+              "epsilon_decay_steps": [decay // 4, decay * 4], "n_step": list(N_STEPS)}
+    for name, key in KEYS.items():
+        for value in bounds[name]:
+            try:
+                load_config(config, [*overrides, f"{key}={value}"])
+            except ConfigError as err:
+                raise ConfigError(f"--pbt: {key}={value} (a bound of its mutations): {err}") from None
+    from agents.common.agent import agent_class
+    from agents.common.envs import make_env
+
+    make_env(base).close()  # a bad env id or kwarg fails here, as in train(), not in every member
+    import torch
+
+    agent_class(base.agent.kind)(base, torch.device("cpu"))  # the env's action space and the replay's size
+    rng = np.random.default_rng(RANDOM_SEED)
+    initial = []
+    for _ in range(population):
+        (lr_low, lr_high), (end_low, end_high), (decay_low, decay_high) = (
+            bounds[name] for name in ("lr", "epsilon_end", "epsilon_decay_steps"))
+        initial.append({"lr": float(f"{np.exp(rng.uniform(np.log(lr_low), np.log(lr_high))):.4g}"),
+                        "epsilon_end": float(f"{rng.uniform(end_low, end_high):.4g}"),
+                        "epsilon_decay_steps": int(rng.integers(decay_low, decay_high + 1)),
+                        "n_step": int(rng.choice(N_STEPS))})
+    root = Path(runs_dir if runs_dir is not None else base.train.runs_dir).resolve() / base.name
+    return PBTPlan(config=config, base=config_to_dict(base), population=population, perturb_every=every,
+                   total_steps=total, bounds=bounds, initial=initial,
+                   sweep_dir=str(root / f"sweep-pbt-{datetime.now().strftime('%Y%m%d-%H%M%S')}"))
+
+
+# ------------------------------------------------------------------------------------------------ one member
+def run_member(params: dict, plan: dict) -> None:
+    """The Tune trainable: one member's rounds. A restart from another member's Tune checkpoint is an exploit;
+    from its own (a pause, a crash), the member continues its run directory's latest checkpoint."""
+    import torch
+    from ray import tune
+
+    from agents.common.agent import agent_class, resolve_device, seed_everything
+    from agents.common.run import CHECKPOINT_PREFIX, Run, atomic_write, checkpoint_paths, load_checkpoint
+
+    torch.set_num_threads(1)  # one CPU per member
+    pbt = PBTPlan(**plan)
+    # The trial's name, not its config: an exploit copies the donor's whole config, "member" included.
+    member = int(tune.get_context().get_trial_name().removeprefix("m"))
+    values = {name: params[name] for name in KEYS}
+    config = pbt.member_config(member, values)
+    seed_everything(config.seed)
+    agent = agent_class(config.agent.kind)(config, resolve_device(config.train.device))
+    run_dir = latest_run(Path(pbt.sweep_dir) / config.name, config.seed)
+    if run_dir is None:
+        run, history = Run.create(config), [{"step": 0, "event": "start", "episodes": 0, "updates": 0, **values}]
+    else:
+        text = yaml.safe_dump(config_to_dict(config), sort_keys=False)  # the hyperparameters the member has now
+        atomic_write(run_dir / "config.yaml", lambda file: file.write(text.encode()))
+        run, history = Run.open(run_dir), json.loads((run_dir / HISTORY_FILE).read_text())
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            donor = json.loads((Path(folder) / MEMBER_FILE).read_text())["member"]
+            if donor != member:
+                payload = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+                for path in checkpoint_paths(run.dir):  # its own later checkpoints would otherwise be "latest"
+                    if int(path.stem.removeprefix(CHECKPOINT_PREFIX)) > payload["step"]:
+                        path.unlink()
+                run.save_checkpoint(payload["agent"], payload["step"])
+                history.append({"step": payload["step"], "event": f"exploit m{donor}",
+                                "episodes": payload["agent"]["episodes"], "updates": payload["agent"]["updates"],
+                                **values})
+    write_history = json.dumps(history, indent=2) + "\n"
+    atomic_write(run.dir / HISTORY_FILE, lambda file: file.write(write_history.encode()))
+    state = run.load_latest_checkpoint()  # drops metrics.csv rows after it
+    if state is not None:
+        agent.load_state_dict(state)
+    for group in agent.optimizer.param_groups:  # the optimiser's state brought the old lr back with it
+        group["lr"] = config.agent.lr
+    attempts_path = Path(tune.get_context().get_trial_dir()) / "attempts.json"
+    attempts = json.loads(attempts_path.read_text())["attempts"] + 1 if attempts_path.is_file() else 1
+    attempts_path.write_text(json.dumps({"attempts": attempts}))
+    budget = config.agent.total_steps
+    while True:
+        if agent.env_steps < budget:
+            agent.train(run, until=(agent.env_steps // pbt.perturb_every + 1) * pbt.perturb_every)
+        finished = agent.env_steps >= budget
+        if finished:
+            run.close()
+            run.write_summary({**agent.summary(), "wall_s": round(time.time() - run.started, 2)})
+        with tempfile.TemporaryDirectory() as folder:
+            state = {key: value for key, value in agent.state_dict().items() if key != "replay"}
+            torch.save({"step": agent.env_steps, "agent": state}, Path(folder) / CHECKPOINT_FILE)
+            (Path(folder) / MEMBER_FILE).write_text(json.dumps({"member": member, **values}))
+            tune.report({METRIC: agent.mean_return(), "env_steps": agent.env_steps, "member": member,
+                         "final": finished, "exploits": sum(event["event"] != "start" for event in history),
+                         "attempts": attempts, "run_dir": str(run.dir),
+                         "wall_s": round(time.time() - run.started, 2), **values},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+        if finished:
+            return
+
+
+# ------------------------------------------------------------------------------------------------ the population
+def pbt(config: str, overrides: Sequence[str] = (), population: int = 4, perturb_every: int | None = None,
+        address: str | None = None, jobs: int | None = None) -> tuple[Path, list[dict]]:
+    """Train a population; print and write its results. Returns the sweep directory and one row per member."""
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
+    plan = plan_pbt(config, overrides, population, perturb_every)
+    sweep_dir = Path(plan.sweep_dir)
+    print(f"sweep: {sweep_dir}: population-based training of {plural(plan.population, 'member')}, "
+          f"{plan.total_steps:,} env steps each in rounds of {plan.perturb_every:,}, {METRIC} (higher is better)",
+          flush=True)
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / PLAN_FILE).write_text(json.dumps(asdict(plan), indent=2) + "\n")
+
+    from agents.common.ray_tasks import ray_session, sigterm_as_ctrl_c
+
+    with sigterm_as_ctrl_c(), ray_session(address, num_cpus=jobs):
+        results = run_tune(plan, jobs)
+    rows = result_rows(plan, results)
+    print("\n".join(aligned([{key: "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+                              for key, value in row.items() if key != "run_dir"} for row in rows])))
+    write_results(plan, rows)
+    if any(row["status"] in ("interrupted", "not run") for row in rows):
+        print("population-based training interrupted", file=sys.stderr)
+        raise KeyboardInterrupt
+    return sweep_dir, rows
+
+
+def run_tune(plan: PBTPlan, jobs: int | None):
+    """Tuner.fit() of the population under Tune's PopulationBasedTraining; its ResultGrid."""
+    import os
+
+    from ray import tune
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    from agents.common.sweep import fit_keeping_signals
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    (lr_low, lr_high), (end_low, end_high), (decay_low, decay_high) = (
+        plan.bounds[name] for name in ("lr", "epsilon_end", "epsilon_decay_steps"))
+    scheduler = PopulationBasedTraining(
+        time_attr="env_steps", perturbation_interval=plan.perturb_every, resample_probability=RESAMPLE_PROBABILITY,
+        perturbation_factors=PERTURBATION_FACTORS, custom_explore_fn=plan.clip,
+        hyperparam_mutations={"lr": tune.loguniform(lr_low, lr_high), "epsilon_end": tune.uniform(end_low, end_high),
+                              "epsilon_decay_steps": tune.randint(decay_low, decay_high + 1),
+                              "n_step": list(plan.bounds["n_step"])})
+
+    def first(name: str):
+        return tune.sample_from(lambda spec: plan.initial[spec.config.member][name])
+
+    def member_name(trial) -> str:
+        return f"m{trial.config['member']}"  # called when the trial is made, before any exploit
+
+    # Every round's Tune checkpoint is kept (no CheckpointConfig.num_to_keep): an exploit may restore a donor's
+    # checkpoint from rounds ago, and Tune deleting it first fails the member. Each is one model without replay.
+    trainable = tune.with_resources(tune.with_parameters(run_member, plan=asdict(plan)), {"cpu": 1})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"member": tune.grid_search(list(range(plan.population))), **{name: first(name) for name in KEYS}},
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, max_concurrent_trials=jobs,
+                                    trial_name_creator=member_name, trial_dirname_creator=member_name),
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=plan.sweep_dir, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+                                  callbacks=[progress_lines()]),
+    )
+    return fit_keeping_signals(tuner)
+
+
+def progress_lines():
+    """A Tune callback printing one line as each member starts, crashes and ends."""
+    from ray import tune
+
+    class ProgressLines(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            print(f"{trial}: started", flush=True)
+
+        def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+            print(f"{trial}: crashed, retrying ({trial.num_failures} of {MAX_FAILURES} retries)", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            result = trial.last_result
+            print(f"{trial}: done, {METRIC} {result.get(METRIC, math.nan):.4g}, "
+                  f"{plural(result.get('exploits', 0), 'exploit')}", flush=True)
+
+    return ProgressLines()
+
+
+def result_rows(plan: PBTPlan, results) -> list[dict]:
+    """One row per member: its final return and hyperparameters, exploits, status and run directory."""
+    by_member = {}
+    for result in results:
+        if result.metrics and "member" in result.metrics:
+            by_member[result.metrics["member"]] = result
+    rows = []
+    for member in range(plan.population):
+        result = by_member.get(member)
+        metrics = result.metrics if result is not None else {}
+        if result is not None and result.error is not None:
+            status = "error: " + str(result.error).strip().splitlines()[-1]
+        else:
+            status = "done" if metrics.get("final") else "interrupted" if metrics else "not run"
+        rows.append({"member": f"m{member}", METRIC: metrics.get(METRIC), "status": status,
+                     **{name: metrics.get(name) for name in KEYS}, "exploits": metrics.get("exploits"),
+                     "env_steps": metrics.get("env_steps"), "wall_s": metrics.get("wall_s"),
+                     "run_dir": metrics.get("run_dir")})
+    return rows
+
+
+def write_results(plan: PBTPlan, rows: Sequence[dict]) -> None:
+    """results.csv, history.csv and curves.png in the sweep directory."""
+    from agents.common.plot import plot_runs
+    from agents.common.run import atomic_write
+
+    sweep_dir = Path(plan.sweep_dir)
+    history = []
+    for row in rows:
+        path = Path(row["run_dir"]) / HISTORY_FILE if row["run_dir"] else None
+        if path is not None and path.is_file():
+            history += [{"member": row["member"], **event} for event in json.loads(path.read_text())]
+    for name, table in ((RESULTS_FILE, rows), (HISTORY_CSV, history)):
+        if table:
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+            atomic_write(sweep_dir / name, lambda file, text=text: file.write(text.getvalue().encode()))
+    runs = [Path(row["run_dir"]) for row in rows if row["run_dir"] and (Path(row["run_dir"]) / "metrics.csv").is_file()]
+    if runs:
+        try:
+            plot_runs(runs, out=sweep_dir / CURVES_PLOT)
+        except (ConfigError, ValueError, IndexError) as err:  # runs with nothing to draw: the table still stands
+            print(f"{CURVES_PLOT}: not drawn ({err})", file=sys.stderr)
+    print(f"wrote: {sweep_dir / RESULTS_FILE}, {HISTORY_CSV}, {CURVES_PLOT if runs else '(no curves)'}")
