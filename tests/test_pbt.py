@@ -20,7 +20,7 @@ from agents.common.sweep import RESULTS_FILE
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 DOT = "test_dqn:test/Dot-v0"
-BUDGET, ROUND = 500, 100
+BUDGET, ROUND = 500, 50
 
 
 def dot_recipe(tmp_path: Path) -> Path:
