@@ -98,7 +98,7 @@ class RolloutWorker:
         if agent.replay.prioritized:
             batch["priorities"] = self.td_errors(rows, batch["rewards"])
         started, self.started = self.started, False
-        return {**batch, "episodes": ended, "recorded": recorded, "started": started}
+        return {**batch, "episodes": ended, "recorded": recorded, "started": started, "pid": os.getpid()}
 
     @torch.no_grad()
     def td_errors(self, rows: list, rewards: np.ndarray) -> np.ndarray:
@@ -174,6 +174,7 @@ def learn(agent: DQNAgent, run: Run, workers: list, actor_error: type[Exception]
     updates_sent = agent.updates
     pending = {worker.collect.remote(weights, settings.steps_per_batch): index for index, worker in enumerate(workers)}
     seen = [False] * len(workers)  # a batch came from the worker (a later "started" batch: it was restarted)
+    pids = [0] * len(workers)  # the process that sent the worker's last batch
     bar = run.progress(config.agent.total_steps, initial=agent.env_steps)
     while agent.env_steps < config.agent.total_steps:
         [ready], _ = ray.wait(list(pending), num_returns=1)
@@ -191,6 +192,7 @@ def learn(agent: DQNAgent, run: Run, workers: list, actor_error: type[Exception]
             agent.replay.cut_episodes(streams[index])
             agent.worker_restarts += seen[index]
             seen[index] = True
+        pids[index] = batch["pid"]
         steps = min(len(batch["actions"]), -(-(config.agent.total_steps - agent.env_steps) // envs))
         for t in range(steps):
             agent.replay.add(batch["frames"][t], batch["actions"][t], batch["rewards"][t], batch["terminated"][t],
@@ -215,6 +217,12 @@ def learn(agent: DQNAgent, run: Run, workers: list, actor_error: type[Exception]
         if run.checkpoint_due(agent.env_steps):
             run.save_checkpoint(agent.state_dict(), agent.env_steps)
     bar.close()
+    # A worker restarted near the end may not have sent its batch yet (the others filled the budget): count it.
+    try:
+        now = ray.get([worker.pid.remote() for worker in workers], timeout=60)
+        agent.worker_restarts += sum(seen[index] and now[index] != pids[index] for index in range(len(workers)))
+    except (ray.exceptions.GetTimeoutError, actor_error):
+        pass
     for worker in workers:
         ray.kill(worker)
     run.save_checkpoint(agent.state_dict(), agent.env_steps)
