@@ -63,6 +63,7 @@ class RolloutWorker:
         first = self.actor.reset(seed=seed)
         self.recorder = EpisodeRecorder(first[0]) if index == 0 else None
         self.episodes = 0  # this worker's env 0 episodes (for the recording cadence)
+        self.best_return = -np.inf  # of those episodes: a new best is sent for recording too, as run.py keeps it
         self.started = True  # until the first batch: the learner cuts the episodes a dead predecessor left open
 
     def pid(self) -> int:
@@ -89,7 +90,9 @@ class RolloutWorker:
                     ended.append((float(step.info["episode"]["r"][env]), success))
                     if env == 0 and self.recorder is not None:
                         self.episodes += 1
-                        if self.episodes % self.config.train.record_every == 0:
+                        best = ended[-1][0] > self.best_return
+                        self.best_return = max(self.best_return, ended[-1][0])
+                        if best or self.episodes % self.config.train.record_every == 0:
                             recorded.append(self.recorder.arrays())
         transitions = [np.stack(column) for column in
                        zip(*(step.transition(agent.reward_clip) for step in rows), strict=True)]

@@ -68,6 +68,7 @@ def test_two_rollout_workers_feed_one_learner_that_learns(tmp_path):
     assert summary["env_steps"] == 2500 and summary["workers"] == 2 and summary["worker_restarts"] == 0
     assert summary["updates"] == 2500 - 200  # one update per env step after learning_starts, as one process
     assert (run_dir / "ray").is_symlink()  # the embedded Ray's logs, linked into the run directory
+    assert list((run_dir / "episodes").glob("*.npz"))  # worker 0's episodes, for pixelpilot watch
     assert not rollout_worker_pids()  # the embedded Ray went down with the run
     sys.path.insert(0, str(TESTS))
     try:
