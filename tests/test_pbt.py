@@ -37,7 +37,7 @@ def dot_recipe(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tests_on_workers_path():
+def workers_import_tests():
     """Ray's worker processes, started by local_ray after this, import test_dqn."""
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), *([before] if before else [])])
@@ -80,7 +80,7 @@ def test_the_first_draws_and_the_bounds_come_from_the_config(tmp_path):
 
 
 def test_a_population_of_2_trains_to_the_end_and_a_member_continues_from_the_better_ones_checkpoint(
-        tests_on_workers_path, local_ray, tmp_path, capsys):
+        workers_import_tests, local_ray, tmp_path, capsys):
     code = main(["sweep", str(dot_recipe(tmp_path)), "--pbt", "--population", "2", "--perturb-every", str(ROUND)])
     out = capsys.readouterr().out
     assert code == 0, out

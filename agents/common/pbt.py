@@ -60,7 +60,16 @@ import numpy as np
 import yaml
 
 from agents.common.config import ConfigError, RunConfig, config_from_dict, config_to_dict, load_config
-from agents.common.sweep import MAX_FAILURES, RANDOM_SEED, RESULTS_FILE, TUNE_DIR, aligned, latest_run, plural
+from agents.common.sweep import (
+    MAX_FAILURES,
+    RANDOM_SEED,
+    RESULTS_FILE,
+    TUNE_DIR,
+    aligned,
+    latest_run,
+    plural,
+    progress_lines,
+)
 
 PLAN_FILE = "pbt.json"
 HISTORY_FILE = "hyperparameters.json"  # in each member's run directory
@@ -297,29 +306,15 @@ def run_tune(plan: PBTPlan, jobs: int | None):
                                     trial_name_creator=member_name, trial_dirname_creator=member_name),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=plan.sweep_dir, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-                                  callbacks=[progress_lines()]),
+                                  callbacks=[progress_lines(str, member_name, member_completed)]),
     )
     return fit_keeping_signals(tuner)
 
 
-def progress_lines():
-    """A Tune callback printing one line as each member starts, crashes and ends."""
-    from ray import tune
-
-    class ProgressLines(tune.Callback):
-        def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            print(f"{trial}: started", flush=True)
-
-        def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-            print(f"{trial}: crashed, retrying ({trial.num_failures} of {MAX_FAILURES} retries)", flush=True)
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            result = trial.last_result
-            print(f"{trial}: done, {METRIC} {result.get(METRIC, math.nan):.4g}, "
-                  f"{plural(result.get('exploits', 0), 'exploit')}", flush=True)
-
-    return ProgressLines()
-
+def member_completed(trial) -> str:
+    """The end line of a member: its metric and exploits."""
+    result = trial.last_result
+    return f"done, {METRIC} {result.get(METRIC, math.nan):.4g}, {plural(result.get('exploits', 0), 'exploit')}"
 
 def result_rows(plan: PBTPlan, results) -> list[dict]:
     """One row per member: its final return and hyperparameters, exploits, status and run directory."""

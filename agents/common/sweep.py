@@ -54,7 +54,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -431,7 +431,8 @@ def run_tune(plan: SweepPlan, jobs: int | None, restore: bool):
                                         max_concurrent_trials=jobs, trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=plan.sweep_dir, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-                                      callbacks=[progress_lines(plan.metric)]),
+                                      callbacks=[progress_lines(trial_name, trial_dirname,
+                                                                trial_completed(plan.metric))]),
         )
     return fit_keeping_signals(tuner)
 
@@ -460,13 +461,11 @@ def make_scheduler(plan: SweepPlan):
                          grace_period=max(1, plan.max_steps // ASHA_RUNGS))
 
 
-def progress_lines(metric: str):
-    """A Tune callback printing one line as each trial starts, crashes (and is retried) and ends, instead of
-    Tune's own tables."""
+def progress_lines(name: Callable, dirname: Callable, completed: Callable):
+    """A Tune callback printing one line as each trial starts, crashes (and is retried), fails and ends, instead
+    of Tune's own tables: `name(trial)` and `dirname(trial)` (its folder under tune/) say which trial,
+    `completed(trial)` what its end line says after the name."""
     from ray import tune
-
-    def name(trial) -> str:
-        return f"c{trial.config['configuration']} seed {trial.config['seed']}"
 
     class ProgressLines(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info) -> None:
@@ -476,17 +475,30 @@ def progress_lines(metric: str):
             print(f"{name(trial)}: crashed, retrying ({trial.num_failures} of {MAX_FAILURES} retries)", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            print(f"{name(trial)}: failed after {MAX_FAILURES} retries (tune/{trial_dirname(trial)}/error.txt)",
+            print(f"{name(trial)}: failed after {MAX_FAILURES} retries (tune/{dirname(trial)}/error.txt)",
                   flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            result = trial.last_result
-            how = "done" if result.get("final") else f"stopped early at {result.get('env_steps', 0):,} env steps"
-            value = result.get(metric)
-            shown = f"{metric} {value:.4g}" if isinstance(value, float) else f"no {metric}"
-            print(f"{name(trial)}: {how}, {shown} ({result.get('wall_s', 0):.1f} s)", flush=True)
+            print(f"{name(trial)}: {completed(trial)}", flush=True)
 
     return ProgressLines()
+
+
+def trial_name(trial) -> str:
+    return f"c{trial.config['configuration']} seed {trial.config['seed']}"
+
+
+def trial_completed(metric: str) -> Callable:
+    """The end line of a sweep trial: done or stopped early, its metric and wall time."""
+
+    def completed(trial) -> str:
+        result = trial.last_result
+        how = "done" if result.get("final") else f"stopped early at {result.get('env_steps', 0):,} env steps"
+        value = result.get(metric)
+        shown = f"{metric} {value:.4g}" if isinstance(value, float) else f"no {metric}"
+        return f"{how}, {shown} ({result.get('wall_s', 0):.1f} s)"
+
+    return completed
 
 
 def result_rows(plan: SweepPlan, results) -> list[TrialRow]:
