@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agents.common.cli import EXIT_BAD_INPUT, main
-from agents.common.pbt import HISTORY_CSV, N_STEPS, plan_pbt
+from agents.common.pbt import COMPARE_PLOT, HISTORY_CSV, N_STEPS, plan_pbt
 from agents.common.sweep import RESULTS_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +71,11 @@ def test_bad_input_exits_2_with_one_line_before_ray_starts(recipe, args, named, 
     assert not list(tmp_path.glob("*/"))  # no sweep directory
 
 
+def test_control_without_pbt_exits_2(tmp_path, capsys):
+    assert main(["sweep", str(dot_recipe(tmp_path)), "--control"]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.startswith("pixelpilot: error: --population, --perturb-every and --control")
+
+
 def test_the_first_draws_and_the_bounds_come_from_the_config(tmp_path):
     plan = plan_pbt(str(dot_recipe(tmp_path)), population=3, perturb_every=ROUND)
     assert plan.bounds["lr"] == pytest.approx([1e-4, 1e-2]) and plan.bounds["epsilon_decay_steps"] == [100, 1600]
@@ -81,13 +86,27 @@ def test_the_first_draws_and_the_bounds_come_from_the_config(tmp_path):
 
 def test_a_population_of_2_trains_to_the_end_and_a_member_continues_from_the_better_ones_checkpoint(
         workers_import_tests, local_ray, tmp_path, capsys):
-    code = main(["sweep", str(dot_recipe(tmp_path)), "--pbt", "--population", "2", "--perturb-every", str(ROUND)])
+    code = main(["sweep", str(dot_recipe(tmp_path)), "--pbt", "--population", "2", "--perturb-every", str(ROUND),
+                 "--control"])
     out = capsys.readouterr().out
     assert code == 0, out
     sweep_dir = Path(out.strip().splitlines()[-1].removeprefix("sweep: "))
     plan = json.loads((sweep_dir / "pbt.json").read_text())
-    rows = read_csv(sweep_dir / RESULTS_FILE)
-    assert [row["member"] for row in rows] == ["m0", "m1"] and all(row["status"] == "done" for row in rows)
+    every = read_csv(sweep_dir / RESULTS_FILE)
+    rows = [row for row in every if row["population"] == "pbt"]
+    assert [row["member"] for row in rows] == ["m0", "m1"] and all(row["status"] == "done" for row in every)
+    # --control: the same members (seeds, first draws) to the same budget, never exploiting, drawn beside PBT's
+    control = [row for row in every if row["population"] == "control"]
+    assert [row["member"] for row in control] == ["c0", "c1"]
+    for member, row in enumerate(control):
+        run_dir = Path(row["run_dir"])
+        assert run_dir.parent == sweep_dir / row["member"] and run_dir.name.endswith(f"seed{member}")
+        assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == BUDGET
+        assert int(row["exploits"]) == 0
+        first = plan["initial"][member]
+        assert {name: float(row[name]) for name in first} == pytest.approx(first)
+    assert (sweep_dir / COMPARE_PLOT).stat().st_size > 10_000
+    assert "pbt: best m" in out and "control: best c" in out
     for row in rows:
         run_dir = Path(row["run_dir"])
         assert run_dir.parent == sweep_dir / row["member"]

@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--population", type=int, default=None, help="--pbt: members (default 4)")
     sweep.add_argument("--perturb-every", type=int, default=None, metavar="STEPS",
                        help="--pbt: env steps per round between exploits (default: agent.total_steps / 10)")
+    sweep.add_argument("--control", action="store_true",
+                       help="--pbt: then train the same members (seeds, first draws) without PBT, and plot both")
     sweep.set_defaults(handler=cmd_sweep)
     return parser
 
@@ -226,8 +228,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.pbt:
         return cmd_pbt(args)
-    if args.population is not None or args.perturb_every is not None:
-        raise ConfigError("--population and --perturb-every: only with --pbt")
+    if args.population is not None or args.perturb_every is not None or args.control:
+        raise ConfigError("--population, --perturb-every and --control: only with --pbt")
     sweep_dir, rows = sweep(args.config, args.overrides, args.grid, args.random, args.samples, args.seeds,
                             address=args.address, jobs=args.jobs, resume=args.resume)
     print(f"sweep: {sweep_dir}")
@@ -243,7 +245,7 @@ def cmd_pbt(args: argparse.Namespace) -> int:
     if not args.config:
         raise ConfigError("sweep --pbt: name a config (a path or a recipe in configs/)")
     sweep_dir, rows = pbt(args.config, args.overrides, 4 if args.population is None else args.population,
-                          args.perturb_every, address=args.address, jobs=args.jobs)
+                          args.perturb_every, address=args.address, jobs=args.jobs, control=args.control)
     print(f"sweep: {sweep_dir}")
     return 1 if any(row["status"].startswith("error") for row in rows) else 0
 

@@ -1,7 +1,7 @@
 """``pixelpilot sweep CONFIG --pbt``: population-based training (Jaderberg et al. 2017) of a DQN/Rainbow config on
 Ray Tune's PopulationBasedTraining scheduler.
 
-    pixelpilot sweep dqn_minatar_breakout --pbt --population 4 --perturb-every 50000
+    pixelpilot sweep dqn_minatar_breakout --pbt --population 4 --perturb-every 50000 [--control]
 
 A population of members trains the config at once, each with its own seed (config seed + member) and its own
 draw of the mutated hyperparameters. Training proceeds in rounds of ``--perturb-every`` env steps; at each
@@ -20,17 +20,26 @@ within its bounds). Mutated, with bounds derived from the config:
 Each mutation is resampled from its bounds instead with probability RESAMPLE_PROBABILITY; a perturbation is
 clipped to the bounds.
 
+``--control`` then trains PBT's control, the same budget without PBT (Jaderberg et al.'s random-search
+baseline): a second population with the same seeds and the same first hyperparameters, trained to the same
+step count without exploit or explore (members c<i>, Tune's FIFO scheduler), and draws both populations'
+learning curves into pbt_vs_control.png.
+
     runs/<name>/sweep-pbt-<stamp>/
         pbt.json                     what was asked: the config, population, interval, bounds, first draws
         m<i>/<stamp>-seed<N>/        member i's run directory: config.yaml (its hyperparameters now),
                                      metrics.csv, checkpoints/, summary.json and hyperparameters.json, the
                                      member's history: its start, then each exploit (the donor's step, episodes
                                      and updates it continues from, the new values)
-        tune/                        Ray Tune's experiment state, trial logs and its pbt_global.txt
-        results.csv                  one row per member: final mean return, its hyperparameters at the end,
-                                     exploits, status, wall_s, run_dir
+        c<i>/<stamp>-seed<N>/        with --control: control member i's run directory (member i's seed and
+                                     first hyperparameters, never changed)
+        tune/, tune-control/         Ray Tune's experiment state, trial logs and its pbt_global.txt
+        results.csv                  one row per member: population (pbt, control), final mean return, its
+                                     hyperparameters at the end, exploits, status, wall_s, run_dir
         history.csv                  every member's hyperparameter history, one row per event
         curves.png                   the members' learning curves (pixelpilot plot)
+        pbt_vs_control.png           with --control: each population's members (thin) and, at each step, its
+                                     best member's return (thick)
 
 A member's process restarts at each exploit, after a crash (retried from its own checkpoint, as a sweep's trials
 are), and when Tune pauses it at a round's end for a member waiting for a CPU (a population larger than
@@ -72,6 +81,9 @@ from agents.common.sweep import (
 )
 
 PLAN_FILE = "pbt.json"
+COMPARE_PLOT = "pbt_vs_control.png"
+CONTROL_TUNE_DIR = "tune-control"
+PREFIXES = {"pbt": "m", "control": "c"}  # member name prefix of each population
 HISTORY_FILE = "hyperparameters.json"  # in each member's run directory
 HISTORY_CSV = "history.csv"
 CURVES_PLOT = "curves.png"
@@ -100,9 +112,11 @@ class PBTPlan:
     bounds: dict  # lr, epsilon_end, epsilon_decay_steps: [low, high]; n_step: the choices
     initial: list[dict]  # each member's first hyperparameters, by KEYS name
     sweep_dir: str
+    control: bool = False  # a control population (same seeds and first draws, no exploit) trains after PBT
 
-    def member_config(self, member: int, values: dict) -> RunConfig:
-        """Member `member`'s RunConfig with hyperparameters `values`, its run directory under the sweep's."""
+    def member_config(self, member: int, values: dict, prefix: str = "m") -> RunConfig:
+        """Member `member`'s RunConfig with hyperparameters `values`, its run directory under the sweep's
+        (``<prefix><member>``: m for PBT's members, c for the control's)."""
         data = json.loads(json.dumps(self.base))
         for name, value in values.items():  # set as numbers: YAML 1.1 would read an override's 1e-05 as a string
             *sections, last = KEYS[name].split(".")
@@ -110,9 +124,9 @@ class PBTPlan:
             for section in sections:
                 node = node[section]
             node[last] = value
-        data.update(seed=self.base["seed"] + member, name=f"m{member}")
+        data.update(seed=self.base["seed"] + member, name=f"{prefix}{member}")
         data["train"]["runs_dir"] = self.sweep_dir
-        return config_from_dict(data, source=f"population member m{member}")
+        return config_from_dict(data, source=f"population member {prefix}{member}")
 
     def clip(self, values: dict) -> dict:
         """Hyperparameters put back within their bounds (a perturbation of x1.2 may leave them), to 4 digits."""
@@ -126,7 +140,7 @@ class PBTPlan:
 
 # ------------------------------------------------------------------------------------------------ the command's input
 def plan_pbt(config: str, overrides: Sequence[str] = (), population: int = 4, perturb_every: int | None = None,
-             runs_dir: str | Path | None = None) -> PBTPlan:
+             runs_dir: str | Path | None = None, control: bool = False) -> PBTPlan:
     """Check the command's input and draw the population's first hyperparameters (ConfigError, one line, on
     anything wrong: before Ray starts and before anything is written)."""
     if population < 2:
@@ -170,14 +184,15 @@ def plan_pbt(config: str, overrides: Sequence[str] = (), population: int = 4, pe
                         "n_step": int(rng.choice(N_STEPS))})
     root = Path(runs_dir if runs_dir is not None else base.train.runs_dir).resolve() / base.name
     return PBTPlan(config=config, base=config_to_dict(base), population=population, perturb_every=every,
-                   total_steps=total, bounds=bounds, initial=initial,
+                   total_steps=total, bounds=bounds, initial=initial, control=control,
                    sweep_dir=str(root / f"sweep-pbt-{datetime.now().strftime('%Y%m%d-%H%M%S')}"))
 
 
 # ------------------------------------------------------------------------------------------------ one member
-def run_member(params: dict, plan: dict) -> None:
+def run_member(params: dict, plan: dict, prefix: str = "m") -> None:
     """The Tune trainable: one member's rounds. A restart from another member's Tune checkpoint is an exploit;
-    from its own (a pause, a crash), the member continues its run directory's latest checkpoint."""
+    from its own (a pause, a crash), the member continues its run directory's latest checkpoint. `prefix`: the
+    population's member names (m: PBT, c: the control, which Tune never exploits)."""
     import torch
     from ray import tune
 
@@ -187,9 +202,9 @@ def run_member(params: dict, plan: dict) -> None:
     torch.set_num_threads(1)  # one CPU per member
     pbt = PBTPlan(**plan)
     # The trial's name, not its config: an exploit copies the donor's whole config, "member" included.
-    member = int(tune.get_context().get_trial_name().removeprefix("m"))
+    member = int(tune.get_context().get_trial_name().removeprefix(prefix))
     values = {name: params[name] for name in KEYS}
-    config = pbt.member_config(member, values)
+    config = pbt.member_config(member, values, prefix)
     seed_everything(config.seed)
     agent = agent_class(config.agent.kind)(config, resolve_device(config.train.device))
     run_dir = latest_run(Path(pbt.sweep_dir) / config.name, config.seed)
@@ -209,7 +224,7 @@ def run_member(params: dict, plan: dict) -> None:
                     if int(path.stem.removeprefix(CHECKPOINT_PREFIX)) > payload["step"]:
                         path.unlink()
                 run.save_checkpoint(payload["agent"], payload["step"])
-                history.append({"step": payload["step"], "event": f"exploit m{donor}",
+                history.append({"step": payload["step"], "event": f"exploit {prefix}{donor}",
                                 "episodes": payload["agent"]["episodes"], "updates": payload["agent"]["updates"],
                                 **values})
     write_history = json.dumps(history, indent=2) + "\n"
@@ -245,34 +260,41 @@ def run_member(params: dict, plan: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------ the population
 def pbt(config: str, overrides: Sequence[str] = (), population: int = 4, perturb_every: int | None = None,
-        address: str | None = None, jobs: int | None = None) -> tuple[Path, list[dict]]:
-    """Train a population; print and write its results. Returns the sweep directory and one row per member."""
+        address: str | None = None, jobs: int | None = None, control: bool = False) -> tuple[Path, list[dict]]:
+    """Train a population (then, with `control`, the same population without PBT); print and write the results.
+    Returns the sweep directory and one row per member."""
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
-    plan = plan_pbt(config, overrides, population, perturb_every)
+    plan = plan_pbt(config, overrides, population, perturb_every, control=control)
     sweep_dir = Path(plan.sweep_dir)
     print(f"sweep: {sweep_dir}: population-based training of {plural(plan.population, 'member')}, "
-          f"{plan.total_steps:,} env steps each in rounds of {plan.perturb_every:,}, {METRIC} (higher is better)",
-          flush=True)
+          f"{plan.total_steps:,} env steps each in rounds of {plan.perturb_every:,}, {METRIC} (higher is better)"
+          + (", then the control: the same members without exploit" if control else ""), flush=True)
     sweep_dir.mkdir(parents=True)
     (sweep_dir / PLAN_FILE).write_text(json.dumps(asdict(plan), indent=2) + "\n")
 
     from agents.common.ray_tasks import ray_session, sigterm_as_ctrl_c
 
+    rows = []
     with sigterm_as_ctrl_c(), ray_session(address, num_cpus=jobs):
-        results = run_tune(plan, jobs)
-    rows = result_rows(plan, results)
+        for population in ("pbt", "control") if control else ("pbt",):
+            rows += result_rows(plan, run_tune(plan, jobs, population), population)
+            if any(row["status"] in ("interrupted", "not run") for row in rows):
+                break  # Ctrl-C during PBT: no control
     print("\n".join(aligned([{key: "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
                               for key, value in row.items() if key != "run_dir"} for row in rows])))
     write_results(plan, rows)
+    if plan.control:
+        print(population_summary(rows))
     if any(row["status"] in ("interrupted", "not run") for row in rows):
         print("population-based training interrupted", file=sys.stderr)
         raise KeyboardInterrupt
     return sweep_dir, rows
 
 
-def run_tune(plan: PBTPlan, jobs: int | None):
-    """Tuner.fit() of the population under Tune's PopulationBasedTraining; its ResultGrid."""
+def run_tune(plan: PBTPlan, jobs: int | None, population: str = "pbt"):
+    """Tuner.fit() of the population under Tune's PopulationBasedTraining (`population` "pbt") or of the same
+    members without a scheduler ("control"); its ResultGrid."""
     import os
 
     from ray import tune
@@ -293,18 +315,21 @@ def run_tune(plan: PBTPlan, jobs: int | None):
     def first(name: str):
         return tune.sample_from(lambda spec: plan.initial[spec.config.member][name])
 
+    prefix = PREFIXES[population]
+
     def member_name(trial) -> str:
-        return f"m{trial.config['member']}"  # called when the trial is made, before any exploit
+        return f"{prefix}{trial.config['member']}"  # called when the trial is made, before any exploit
 
     # Every round's Tune checkpoint is kept (no CheckpointConfig.num_to_keep): an exploit may restore a donor's
     # checkpoint from rounds ago, and Tune deleting it first fails the member. Each is one model without replay.
-    trainable = tune.with_resources(tune.with_parameters(run_member, plan=asdict(plan)), {"cpu": 1})
+    trainable = tune.with_resources(tune.with_parameters(run_member, plan=asdict(plan), prefix=prefix), {"cpu": 1})
     tuner = tune.Tuner(
         trainable,
         param_space={"member": tune.grid_search(list(range(plan.population))), **{name: first(name) for name in KEYS}},
-        tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, max_concurrent_trials=jobs,
-                                    trial_name_creator=member_name, trial_dirname_creator=member_name),
-        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=plan.sweep_dir, verbose=0,
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler if population == "pbt" else None,
+                                    max_concurrent_trials=jobs, trial_name_creator=member_name,
+                                    trial_dirname_creator=member_name),
+        run_config=tune.RunConfig(name=TUNE_DIR if population == "pbt" else CONTROL_TUNE_DIR, storage_path=plan.sweep_dir, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                                   callbacks=[progress_lines(str, member_name, member_completed)]),
     )
@@ -316,8 +341,9 @@ def member_completed(trial) -> str:
     result = trial.last_result
     return f"done, {METRIC} {result.get(METRIC, math.nan):.4g}, {plural(result.get('exploits', 0), 'exploit')}"
 
-def result_rows(plan: PBTPlan, results) -> list[dict]:
-    """One row per member: its final return and hyperparameters, exploits, status and run directory."""
+def result_rows(plan: PBTPlan, results, population: str = "pbt") -> list[dict]:
+    """One row per member of `population` (pbt, control): its final return and hyperparameters, exploits, status
+    and run directory."""
     by_member = {}
     for result in results:
         if result.metrics and "member" in result.metrics:
@@ -330,7 +356,8 @@ def result_rows(plan: PBTPlan, results) -> list[dict]:
             status = "error: " + str(result.error).strip().splitlines()[-1]
         else:
             status = "done" if metrics.get("final") else "interrupted" if metrics else "not run"
-        rows.append({"member": f"m{member}", METRIC: metrics.get(METRIC), "status": status,
+        rows.append({"population": population, "member": f"{PREFIXES[population]}{member}",
+                     METRIC: metrics.get(METRIC), "status": status,
                      **{name: metrics.get(name) for name in KEYS}, "exploits": metrics.get("exploits"),
                      "env_steps": metrics.get("env_steps"), "wall_s": metrics.get("wall_s"),
                      "run_dir": metrics.get("run_dir")})
@@ -361,4 +388,74 @@ def write_results(plan: PBTPlan, rows: Sequence[dict]) -> None:
             plot_runs(runs, out=sweep_dir / CURVES_PLOT)
         except (ConfigError, ValueError, IndexError) as err:  # runs with nothing to draw: the table still stands
             print(f"{CURVES_PLOT}: not drawn ({err})", file=sys.stderr)
-    print(f"wrote: {sweep_dir / RESULTS_FILE}, {HISTORY_CSV}, {CURVES_PLOT if runs else '(no curves)'}")
+    compared = plan.control and runs and compare_populations(rows, sweep_dir / COMPARE_PLOT)
+    print(f"wrote: {sweep_dir / RESULTS_FILE}, {HISTORY_CSV}, {CURVES_PLOT if runs else '(no curves)'}"
+          + (f", {COMPARE_PLOT}" if compared else ""))
+
+
+def population_summary(rows: Sequence[dict]) -> str:
+    """One line per population: its best member's final return and the members' mean ± std."""
+    lines = []
+    for population in PREFIXES:
+        finals = [(row[METRIC], row["member"]) for row in rows
+                  if row["population"] == population and row[METRIC] is not None]
+        if finals:
+            values = np.array([value for value, _ in finals])
+            best, member = max(finals)
+            lines.append(f"{population}: best {member} {best:.3g}, mean {values.mean():.3g} ± {values.std():.2g} "
+                         f"over {plural(len(finals), 'member')}")
+    return "\n".join(lines)
+
+
+def compare_populations(rows: Sequence[dict], out: Path) -> bool:
+    """pbt_vs_control.png: each population's members' return against env steps (thin; x where a member
+    exploited) and, on the steps all its members reached, the best member's (thick). False if not drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from agents.common.plot import load_curve
+    from agents.common.run import atomic_write
+
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    drawn = False
+    for colour, population in zip(("C0", "C1"), PREFIXES, strict=True):
+        curves = []
+        for row in rows:
+            if row["population"] != population or not row["run_dir"]:
+                continue
+            run_dir = Path(row["run_dir"])
+            try:
+                curve = load_curve(run_dir, None)
+            except (ConfigError, OSError, ValueError):  # a member that never logged
+                continue
+            if len(curve.step) == 0:
+                continue
+            curves.append(curve)
+            axis.plot(curve.step, curve.value, color=colour, linewidth=0.8, alpha=0.45)
+            history = run_dir / HISTORY_FILE
+            events = json.loads(history.read_text()) if history.is_file() else []
+            exploits = [event["step"] for event in events if event["event"].startswith("exploit")]
+            if exploits:
+                axis.plot(exploits, np.interp(exploits, curve.step, curve.value), "x", color=colour, markersize=5)
+        if not curves:
+            continue
+        low, high = max(c.step[0] for c in curves), min(c.step[-1] for c in curves)
+        grid = np.linspace(low, high, 200) if high > low else np.array([low])
+        best = np.max([np.interp(grid, c.step, c.value) for c in curves], axis=0)
+        axis.plot(grid, best, color=colour, linewidth=2.2,
+                  label=f"{'PBT' if population == 'pbt' else 'no PBT (same first draws)'}: best of {len(curves)}")
+        drawn = True
+    if not drawn:
+        plt.close(figure)
+        return False
+    axis.set_xlabel("env steps (each member)")
+    axis.set_ylabel(f"{curves[0].key} (mean of the last episodes)")
+    axis.set_title(population_summary(rows).replace("\n", "   "), fontsize=8)
+    axis.legend(loc="upper left")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    atomic_write(out, lambda file: figure.savefig(file, format="png", dpi=110))
+    plt.close(figure)
+    return True
