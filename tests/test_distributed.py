@@ -201,6 +201,7 @@ def test_ray_bench_reports_the_worker_rates_the_single_rate_and_the_ratio():
     assert set(result["workers"]) == {1} and result["workers"][1] > 0
     assert result["single_steps_per_s"] > 0 and result["learner_updates_per_s"] > 0 and result["ray_start_s"] > 0
     assert result["ratio"] == pytest.approx(result["workers"][1] / result["single_steps_per_s"])
+    assert result["single_steps_per_s"] == pytest.approx(sum(result["single_before_after"]) / 2)
     assert not rollout_worker_pids()
 
 

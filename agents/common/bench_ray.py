@@ -4,7 +4,9 @@ In the same run, on the DQN config's env (MinAtar Breakout by default) and netwo
 Ape-X's worker epsilons:
 
     single      the one-process path: an Actor stepping its vector env in this process, `seconds` long (acting
-                only: storing the steps is the learner's work in both paths)
+                only: storing the steps is the learner's work in both paths), measured before the workers and
+                again after them, the mean of the two its rate (the machine's speed drifts: a one-sided
+                measurement moved the ratio by 0.15 between runs)
     workers k   k RolloutWorker actors collecting `ray.steps_per_batch` steps a batch, as a distributed run does,
                 every batch fetched by this process (the learner's side of the transfer included), `seconds` long
     learner     DQN updates per second of this process (sample + gradient step), on 1,000 stored steps
@@ -45,16 +47,20 @@ def bench_ray(workers: int | None = None, seconds: float = 10.0, address: str | 
 
     actor = Actor(run_config, agent.online, np.random.default_rng(0))
     actor.reset(seed=0)
-    steps, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:  # collection only: a distributed run's learner stores them
-        actor.step(epsilon)
-        steps += actor.num_envs
-    single = steps / (time.perf_counter() - started)
+
+    def collect_here() -> float:
+        """Env steps per second of the one-process path (collection only: a distributed run's learner stores)."""
+        steps, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            actor.step(epsilon)
+            steps += actor.num_envs
+        return steps / (time.perf_counter() - started)
+
+    single_before = collect_here()
 
     agent.replay = agent.make_replay(actor.num_envs)
     for _ in range(max(run_config.agent.batch_size, 1000 // actor.num_envs)):
         agent.replay.add(*actor.step(epsilon).transition(run_config.agent.reward_clip))
-    actor.close()
     updates, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         agent.update()
@@ -62,8 +68,7 @@ def bench_ray(workers: int | None = None, seconds: float = 10.0, address: str | 
     learner = updates / (time.perf_counter() - started)
 
     result = {"config": config, "overrides": list(overrides), "seconds": seconds,
-              "steps_per_batch": run_config.ray.steps_per_batch, "single_steps_per_s": single,
-              "learner_updates_per_s": learner, "workers": {}}
+              "steps_per_batch": run_config.ray.steps_per_batch, "learner_updates_per_s": learner, "workers": {}}
     started = time.perf_counter()
     resources = start_ray(address, num_cpus=max(most, os.cpu_count() or 1) if address is None else None)
     result["ray_start_s"] = time.perf_counter() - started
@@ -90,6 +95,10 @@ def bench_ray(workers: int | None = None, seconds: float = 10.0, address: str | 
                 ray.kill(worker)
     finally:
         stop_ray()
+    single_after = collect_here()
+    actor.close()
+    single = (single_before + single_after) / 2
+    result.update(single_steps_per_s=single, single_before_after=[single_before, single_after])
     result["ratio"] = result["workers"][most] / single / most
     result["hardware"] = {**hardware(), "ray_cpus": resources.get("CPU"), "ray_nodes": address or "embedded"}
     return result
