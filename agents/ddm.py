@@ -175,6 +175,7 @@ class DDMAgent:
         self.model_error_10 = float("nan")
         self.plan: torch.Tensor | None = None
         self.history: list[np.ndarray] = []
+        self.teacher_labels: list[tuple[int, int, np.ndarray]] = []  # (trial, window, action): policy.teacher
 
     def new_model(self) -> None:
         """Freshly initialised model and policy network (their latent space is the model's), fresh optimisers."""
@@ -221,9 +222,43 @@ class DDMAgent:
             losses = agent.fit.joint(self.model, self.model_optimizer, buffer, agent.fit.warm_updates)
         losses.update(agent.fit.dynamics(self.model, buffer))
         if agent.controller == "policy":
+            histories = self.latent_histories()
+            if agent.policy.teacher == "cem":
+                losses.update(self.imitate_planner(histories))
             losses["train/imagined_return"] = agent.policy.improve(self.model, self.policy_net, self.policy_optimizer,
-                                                                   self.latent_histories())
+                                                                   histories)
         return losses
+
+    def imitate_planner(self, histories: torch.Tensor) -> dict[str, float]:
+        """DAgger with the CEM planner as the teacher (`policy.teacher: cem`): the planner, on the model just
+        fitted, labels up to `policy.labels` states of the data not labelled yet, newest trial first (random
+        order within a trial); then the policy is fitted to every label so far.
+
+        `histories (N, context, latent_dim)` are :meth:`latent_histories`: window w of trial i is row
+        offset[i] + w. A label keeps (trial, window, action) so the next model re-encodes its frames."""
+        agent = self.config.agent
+        windows = [len(trial.frames) - self.model.context + 1 for trial in self.trials]
+        offsets = np.concatenate([[0], np.cumsum(windows)[:-1]])
+        labelled = {(trial, window) for trial, window, _ in self.teacher_labels}
+        chosen = []
+        for trial in reversed(range(len(self.trials))):
+            free = [window for window in self.rng.permutation(windows[trial]) if (trial, window) not in labelled]
+            chosen += [(trial, int(window)) for window in free[: agent.policy.labels - len(chosen)]]
+            if len(chosen) == agent.policy.labels:
+                break
+        started = time.time()
+        if chosen:
+            rows = torch.as_tensor([offsets[trial] + window for trial, window in chosen], device=self.device)
+            mean = torch.zeros(len(chosen), agent.cem.horizon, self.action_dim, device=self.device)
+            plans = agent.cem.plan(self.model, histories[rows], mean, self.bound)
+            self.teacher_labels += [(trial, window, action) for (trial, window), action
+                                    in zip(chosen, plans[:, 0].cpu().numpy(), strict=True)]
+        seconds = time.time() - started
+        rows = torch.as_tensor([offsets[trial] + window for trial, window, _ in self.teacher_labels], device=self.device)
+        actions = torch.as_tensor(np.stack([action for _, _, action in self.teacher_labels]), device=self.device)
+        loss = agent.policy.imitate(self.policy_net, self.policy_optimizer, histories[rows], actions)
+        return {"train/imitation_loss": loss, "train/labels": float(len(self.teacher_labels)),
+                "time/labelling_s": seconds}
 
     def fit_from_scratch(self, buffer: TrialBuffer, keep_current: bool = False) -> dict[str, float]:
         """`fit.fits` fits of freshly initialised models (the first on the current model if `keep_current`);
@@ -357,6 +392,8 @@ class DDMAgent:
             "trials": [{"frames": torch.from_numpy(trial.frames), "actions": torch.from_numpy(trial.actions),
                         "rewards": torch.from_numpy(trial.rewards)} for trial in self.trials],
             "successes": list(self.successes), "returns": list(self.returns), "model_error_10": self.model_error_10,
+            "teacher_labels": [(trial, window, torch.from_numpy(action)) for trial, window, action
+                               in self.teacher_labels],
             "rng": generator_state(self.rng), "global_rng": rng_state(),
         }
 
@@ -370,6 +407,8 @@ class DDMAgent:
         self.successes = [bool(value) for value in state["successes"]]
         self.returns = [float(value) for value in state["returns"]]
         self.model_error_10 = float(state["model_error_10"])
+        self.teacher_labels = [(int(trial), int(window), action.numpy()) for trial, window, action
+                               in state.get("teacher_labels", [])]  # none in checkpoints before 2026-11-26
         set_generator_state(self.rng, state["rng"])
         set_rng_state(state["global_rng"])
 
@@ -601,21 +640,31 @@ class CEM:
     @torch.no_grad()
     def plan(self, model: DeepDynamicalModel, history: torch.Tensor, mean: torch.Tensor, bound: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """Shapes: `history (context, latent_dim)`, `mean (horizon, action_dim)` (the initial mean, e.g. the
-        last plan shifted), `bound (action_dim,)` -> the refitted mean `(horizon, action_dim)`, within the bound.
+        """Shapes: `history (..., context, latent_dim)`, `mean (..., horizon, action_dim)` (the initial mean,
+        e.g. the last plan shifted), `bound (action_dim,)` -> the refitted mean `(..., horizon, action_dim)`,
+        within the bound. Leading dimensions plan for many histories at once, each with its own candidates
+        (one batched rollout per iteration); a single history draws the same numbers either way.
         """
+        lead, (horizon, action_dim) = mean.shape[:-2], mean.shape[-2:]
+        mean = mean.reshape(-1, horizon, action_dim)  # (B, horizon, action_dim)
+        count = mean.shape[0]
         std = bound.expand_as(mean).clone()
         particles = self.particles if model.stochastic else 1
-        histories = history.expand(particles * self.candidates, *history.shape)
+        rollouts_per_history = particles * self.candidates
+        histories = history.reshape(count, 1, *history.shape[-2:]).expand(count, rollouts_per_history,
+                                                                         *history.shape[-2:])
+        histories = histories.reshape(count * rollouts_per_history, *history.shape[-2:])
+        rows = torch.arange(count, device=mean.device).unsqueeze(1)
         for _ in range(self.iterations):
-            noise = torch.randn(self.candidates, *mean.shape, generator=generator, device=mean.device)
-            actions = torch.maximum(torch.minimum(mean + std * noise, bound), -bound)
-            actions[0] = torch.maximum(torch.minimum(mean, bound), -bound)  # the mean itself competes: never worse
-            rollouts = model.imagine(histories, actions.repeat(particles, 1, 1), sample=True)
-            returns = model.reward(rollouts).sum(-1).view(particles, self.candidates).mean(0)
-            best = actions[returns.topk(self.elites).indices]
-            mean, std = best.mean(0), best.std(0) + 1e-3 * bound
-        return mean
+            noise = torch.randn(count, self.candidates, horizon, action_dim, generator=generator, device=mean.device)
+            actions = torch.maximum(torch.minimum(mean.unsqueeze(1) + std.unsqueeze(1) * noise, bound), -bound)
+            actions[:, 0] = torch.maximum(torch.minimum(mean, bound), -bound)  # the mean itself competes
+            repeated = actions.unsqueeze(1).expand(count, particles, *actions.shape[1:])
+            rollouts = model.imagine(histories, repeated.reshape(-1, horizon, action_dim), sample=True)
+            returns = model.reward(rollouts).sum(-1).view(count, particles, self.candidates).mean(1)
+            best = actions[rows, returns.topk(self.elites, dim=1).indices]  # (B, elites, horizon, action_dim)
+            mean, std = best.mean(1), best.std(1) + 1e-3 * bound
+        return mean.reshape(*lead, horizon, action_dim)
 
 
 @dataclass
@@ -688,12 +737,33 @@ class PolicySearch:
     batch: int = 256  # imagined rollouts per update (starts drawn from the data)
     updates: int = 200  # policy updates per trial
     lr: float = 3e-3  # Adam learning rate of the policy
+    # teacher "cem": before the search, the policy imitates the CEM planner (the cem: block) on the agent's own
+    # states (DAgger, Ross et al. 2011; the supervised half of guided policy search): after each fit the planner
+    # labels `labels` not yet labelled states of the newest trials (the states the policy itself visited), and
+    # the policy is fitted to every label so far (re-encoded by the new model) in `imitation_updates` steps
+    teacher: Literal["none", "cem"] = "none"
+    labels: int = 100  # states the planner labels per trial (each costs one CEM plan)
+    imitation_updates: int = 500  # full-batch Adam steps on the labels, before the `updates` of the search
 
     def validate(self) -> None:
-        at_least(self, 1, "horizon", "batch")
-        at_least(self, 0, "updates")
+        at_least(self, 1, "horizon", "batch", "labels")
+        at_least(self, 0, "updates", "imitation_updates")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
+
+    def imitate(self, policy: Policy, optimizer: torch.optim.Optimizer, histories: torch.Tensor,
+                actions: torch.Tensor) -> float:
+        """`imitation_updates` steps of `policy` towards the teacher's `actions` on `histories` (squared error in
+        units of the bound). Shapes: `histories (N, context, latent_dim)`, `actions (N, action_dim)`. Returns
+        the last step's loss."""
+        value = float("nan")
+        for _ in range(self.imitation_updates):
+            loss = (((policy(histories) - actions) / policy.bound) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            value = float(loss.detach())
+        return value
 
     def improve(self, model: DeepDynamicalModel, policy: Policy, optimizer: torch.optim.Optimizer,
                 starts: torch.Tensor) -> float:

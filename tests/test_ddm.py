@@ -207,11 +207,52 @@ def test_policy_search_improves_imagined_return():
     assert policy(torch.tensor([[[-2.0]]])).item() > 0.5 and policy(torch.tensor([[[3.0]]])).item() < -0.5
 
 
+def test_a_policy_imitating_a_known_controller_acts_as_it_does():
+    # The controller a = clip(1.5 - z, -0.8, 0.8) drives the toy's z to 1.5 (the policy's bound is 1: tanh never
+    # reaches it); the policy sees it on 256 states only.
+    torch.manual_seed(0)
+    policy = Policy(1, 1, torch.ones(1), [64, 64])
+    controller = lambda z: (1.5 - z[..., -1, :]).clamp(-0.8, 0.8)  # noqa: E731
+    histories = torch.empty(256, 1, 1).uniform_(-3, 3)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    loss = PolicySearch(imitation_updates=500).imitate(policy, optimizer, histories, controller(histories))
+    assert loss < 0.01
+    unseen = torch.linspace(-2.5, 2.5, 50).view(50, 1, 1)
+    assert (policy(unseen) - controller(unseen)).abs().max() < 0.1
+    with torch.no_grad():  # acting, it brings z from both sides to the controller's target and holds it there
+        z = torch.tensor([[[-2.5]], [[2.5]]])
+        for _ in range(10):
+            z = z + policy(z).unsqueeze(-1)
+    assert torch.allclose(z.flatten(), torch.tensor([1.5, 1.5]), atol=0.1)
+
+
+def test_the_planner_labels_the_newest_trial_first_and_each_state_once(tmp_path):
+    config = tiny_config(tmp_path, "agent.controller=policy", "agent.policy.teacher=cem", "agent.policy.labels=15",
+                         "agent.policy.imitation_updates=5", "agent.policy.updates=0")
+    agent = DDMAgent(config, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    for _ in range(2):  # trials of 20 steps: 20 windows of 2 frames each
+        frames = rng.integers(0, 255, (21, *OBS_SHAPE), dtype=np.uint8)
+        agent.trials.append(Trial(frames, rng.uniform(-2, 2, (20, 1)).astype(np.float32),
+                                  rng.normal(size=20).astype(np.float32)))
+    first = agent.imitate_planner(agent.latent_histories())
+    assert first["train/labels"] == 15 and {trial for trial, _, _ in agent.teacher_labels} == {1}
+    second = agent.imitate_planner(agent.latent_histories())  # 5 left in trial 2, then 10 from trial 1
+    keys = [(trial, window) for trial, window, _ in agent.teacher_labels]
+    assert second["train/labels"] == 30 and len(set(keys)) == 30
+    assert sum(trial == 0 for trial, _ in keys) == 10
+    assert all(abs(action).max() <= 2.0 for _, _, action in agent.teacher_labels)  # within the bound
+    restored = DDMAgent(config, torch.device("cpu"))
+    restored.load_state_dict(agent.state_dict())
+    assert [(t, w) for t, w, _ in restored.teacher_labels] == keys
+
+
 @pytest.mark.parametrize(
     "overrides",
     [["agent.controller=cem"], ["agent.controller=gradient"], ["agent.controller=policy"],
+     ["agent.controller=policy", "agent.policy.teacher=cem", "agent.policy.labels=10"],
      ["agent.controller=cem", "agent.model.stochastic=true"]],
-    ids=["cem", "gradient", "policy", "cem-stochastic"],
+    ids=["cem", "gradient", "policy", "policy-teacher", "cem-stochastic"],
 )
 def test_tiny_trial_loop_logs_every_trial_and_records_predictions(tmp_path, overrides):
     config = tiny_config(tmp_path, *overrides)
