@@ -183,8 +183,8 @@ class DDMAgent:
         self.model = DeepDynamicalModel(self.obs_shape, self.action_dim, self.bound.cpu(), **asdict(agent.model)
                                         ).to(self.device)
         self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=agent.fit.lr)
-        self.policy_net = Policy(agent.model.context, agent.model.latent_dim, self.bound, agent.policy.hidden
-                                 ).to(self.device)
+        self.policy_net = Policy(agent.model.context, agent.model.latent_dim, self.bound, agent.policy.hidden,
+                                 agent.policy.critic_hidden if agent.policy.value else None).to(self.device)
         self.policy_optimizer = torch.optim.Adam(self.policy_net.parameters(), lr=agent.policy.lr)
 
     # the trial loop --------------------------------------------------------------------------------------
@@ -230,15 +230,26 @@ class DDMAgent:
         return losses
 
     def imitate_planner(self, histories: torch.Tensor) -> dict[str, float]:
-        """DAgger with the CEM planner as the teacher (`policy.teacher: cem`): the planner, on the model just
-        fitted, labels up to `policy.labels` states of the data not labelled yet, newest trial first (random
-        order within a trial); then the policy is fitted to every label so far.
+        """DAgger with the CEM planner as the teacher (`policy.teacher: cem`): the policy (fresh with every
+        model) is first fitted to the labels so far, re-encoded by the model just fitted; then the planner labels
+        up to `policy.labels` states of the data not labelled yet, newest trial first (random order within a
+        trial), each plan starting from the actions the policy takes in the model from that state (as the
+        receding-horizon planner starts from its last plan); then the policy is fitted to every label.
 
         `histories (N, context, latent_dim)` are :meth:`latent_histories`: window w of trial i is row
         offset[i] + w. A label keeps (trial, window, action) so the next model re-encodes its frames."""
         agent = self.config.agent
         windows = [len(trial.frames) - self.model.context + 1 for trial in self.trials]
         offsets = np.concatenate([[0], np.cumsum(windows)[:-1]])
+
+        def fit_to_labels() -> float:
+            rows = torch.as_tensor([offsets[trial] + window for trial, window, _ in self.teacher_labels],
+                                   device=self.device)
+            actions = torch.as_tensor(np.stack([action for _, _, action in self.teacher_labels]), device=self.device)
+            return agent.policy.imitate(self.policy_net, self.policy_optimizer, histories[rows], actions)
+
+        if self.teacher_labels:
+            fit_to_labels()
         labelled = {(trial, window) for trial, window, _ in self.teacher_labels}
         chosen = []
         for trial in reversed(range(len(self.trials))):
@@ -249,15 +260,16 @@ class DDMAgent:
         started = time.time()
         if chosen:
             rows = torch.as_tensor([offsets[trial] + window for trial, window in chosen], device=self.device)
-            mean = torch.zeros(len(chosen), agent.cem.horizon, self.action_dim, device=self.device)
-            plans = agent.cem.plan(self.model, histories[rows], mean, self.bound)
+            with torch.no_grad():  # the policy's own plan from each state: the planner's starting mean
+                state, mean = histories[rows], []
+                for _ in range(agent.cem.horizon):
+                    mean.append(self.policy_net(state))
+                    state = self.model.step(state, mean[-1])
+            plans = agent.cem.plan(self.model, histories[rows], torch.stack(mean, 1), self.bound)
             self.teacher_labels += [(trial, window, action) for (trial, window), action
                                     in zip(chosen, plans[:, 0].cpu().numpy(), strict=True)]
         seconds = time.time() - started
-        rows = torch.as_tensor([offsets[trial] + window for trial, window, _ in self.teacher_labels], device=self.device)
-        actions = torch.as_tensor(np.stack([action for _, _, action in self.teacher_labels]), device=self.device)
-        loss = agent.policy.imitate(self.policy_net, self.policy_optimizer, histories[rows], actions)
-        return {"train/imitation_loss": loss, "train/labels": float(len(self.teacher_labels)),
+        return {"train/imitation_loss": fit_to_labels(), "train/labels": float(len(self.teacher_labels)),
                 "time/labelling_s": seconds}
 
     def fit_from_scratch(self, buffer: TrialBuffer, keep_current: bool = False) -> dict[str, float]:
@@ -704,15 +716,33 @@ class GradientShooting:
 
 # the feedback policy -------------------------------------------------------------------------------------
 class Policy(nn.Module):
-    """A feedback policy on the latent history: `(..., context, latent_dim) -> (..., action_dim)` in the bound."""
+    """A feedback policy on the latent history: `(..., context, latent_dim) -> (..., action_dim)` in the bound;
+    with `critic_hidden`, also a learned value of a history (:meth:`value`, `(..., context, latent_dim) -> (...)`),
+    for `policy.value`."""
 
-    def __init__(self, context: int, latent_dim: int, bound: torch.Tensor, hidden: list[int]) -> None:
+    def __init__(self, context: int, latent_dim: int, bound: torch.Tensor, hidden: list[int],
+                 critic_hidden: list[int] | None = None) -> None:
         super().__init__()
         self.net = MLP(context * latent_dim, bound.numel(), hidden)
+        self.critic = MLP(context * latent_dim, 1, critic_hidden) if critic_hidden is not None else None
         self.register_buffer("bound", bound.clone())
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         return self.bound * torch.tanh(self.net(history.flatten(-2)))
+
+    def value(self, history: torch.Tensor) -> torch.Tensor:
+        return self.critic(history.flatten(-2)).squeeze(-1)
+
+
+def lambda_returns(rewards: torch.Tensor, values: torch.Tensor, discount: float, lam: float) -> torch.Tensor:
+    """TD(lambda) targets of an imagined rollout (Dreamer's V_lambda): `G_t = r_t + discount ((1 - lam) v_{t+1} +
+    lam G_{t+1})`, `G_H = v_H`. Shapes: `rewards (batch, H)` (r_t: the reward of step t), `values (batch, H + 1)`
+    (v_t: the value of the state before step t) -> `(batch, H)`."""
+    returns, following = [], values[:, -1]
+    for step in reversed(range(rewards.shape[1])):
+        following = rewards[:, step] + discount * ((1 - lam) * values[:, step + 1] + lam * following)
+        returns.append(following)
+    return torch.stack(returns[::-1], 1)
 
 
 def imagined_return(model: DeepDynamicalModel, policy: Policy, histories: torch.Tensor, horizon: int) -> torch.Tensor:
@@ -744,12 +774,22 @@ class PolicySearch:
     teacher: Literal["none", "cem"] = "none"
     labels: int = 100  # states the planner labels per trial (each costs one CEM plan)
     imitation_updates: int = 500  # full-batch Adam steps on the labels, before the `updates` of the search
+    # value: a critic learns the discounted value of the policy's histories from lambda-returns of the imagined
+    # rollouts, and the search ascends those returns (Dreamer, Hafner et al. 2020), so what lies past the
+    # horizon (holding the pole up, or losing it) counts too; false: the summed rewards of `horizon` steps
+    value: bool = False
+    critic_hidden: list[int] = field(default_factory=lambda: [64, 64])  # critic MLP sizes (value: true)
+    discount: float = 0.99  # per imagined step (value: true)
+    return_lambda: float = 0.95  # the lambda of the lambda-returns (value: true)
 
     def validate(self) -> None:
         at_least(self, 1, "horizon", "batch", "labels")
         at_least(self, 0, "updates", "imitation_updates")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        for name in ("discount", "return_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
 
     def imitate(self, policy: Policy, optimizer: torch.optim.Optimizer, histories: torch.Tensor,
                 actions: torch.Tensor) -> float:
@@ -774,9 +814,32 @@ class PolicySearch:
         value = float("nan")
         for _ in range(self.updates):
             chosen = starts[torch.randint(0, starts.shape[0], (self.batch,), device=starts.device)]
+            if self.value:
+                value = self.actor_critic_update(model, policy, optimizer, chosen)
+                continue
             returns = imagined_return(model, policy, chosen, self.horizon)
             optimizer.zero_grad()
             (-returns.mean()).backward()
             optimizer.step()
             value = float(returns.detach().mean())
         return value
+
+    def actor_critic_update(self, model: DeepDynamicalModel, policy: Policy, optimizer: torch.optim.Optimizer,
+                            starts: torch.Tensor) -> float:
+        """One update of `value: true`: the policy acts `horizon` steps in the model from `starts`; the actor
+        ascends the mean lambda-return (through the model), the critic regresses each imagined history's value
+        on its lambda-return (no gradient into the rollout). Returns the mean lambda-return from the starts."""
+        histories, rewards = [starts], []
+        for _ in range(self.horizon):
+            histories.append(model.step(histories[-1], policy(histories[-1]), sample=True))
+            rewards.append(model.reward(histories[-1][:, -1]))
+        states = torch.stack(histories, 1)  # (batch, horizon + 1, context, latent_dim)
+        returns = lambda_returns(torch.stack(rewards, 1), policy.value(states), self.discount, self.return_lambda)
+        optimizer.zero_grad()
+        (-returns.mean()).backward()
+        for parameter in policy.critic.parameters():  # the actor's loss reaches the critic: not its gradient
+            parameter.grad = None
+        critic_loss = 0.5 * ((policy.value(states[:, :-1].detach()) - returns.detach()) ** 2).mean()
+        critic_loss.backward()
+        optimizer.step()
+        return float(returns[:, 0].detach().mean())
