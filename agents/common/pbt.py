@@ -329,7 +329,8 @@ def run_tune(plan: PBTPlan, jobs: int | None, population: str = "pbt"):
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler if population == "pbt" else None,
                                     max_concurrent_trials=jobs, trial_name_creator=member_name,
                                     trial_dirname_creator=member_name),
-        run_config=tune.RunConfig(name=TUNE_DIR if population == "pbt" else CONTROL_TUNE_DIR, storage_path=plan.sweep_dir, verbose=0,
+        run_config=tune.RunConfig(name=TUNE_DIR if population == "pbt" else CONTROL_TUNE_DIR,
+                                  storage_path=plan.sweep_dir, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                                   callbacks=[progress_lines(str, member_name, member_completed)]),
     )
