@@ -416,7 +416,7 @@ def compare_populations(rows: Sequence[dict], out: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from agents.common.plot import load_curve
+    from agents.common.plot import load_curve, on_common_grid
     from agents.common.run import atomic_write
 
     figure, axis = plt.subplots(figsize=(8, 4.5))
@@ -442,9 +442,8 @@ def compare_populations(rows: Sequence[dict], out: Path) -> bool:
                 axis.plot(exploits, np.interp(exploits, curve.step, curve.value), "x", color=colour, markersize=5)
         if not curves:
             continue
-        low, high = max(c.step[0] for c in curves), min(c.step[-1] for c in curves)
-        grid = np.linspace(low, high, 200) if high > low else np.array([low])
-        best = np.max([np.interp(grid, c.step, c.value) for c in curves], axis=0)
+        grid, values = on_common_grid([curve.step for curve in curves], [curve.value for curve in curves])
+        best = values.max(axis=0)
         axis.plot(grid, best, color=colour, linewidth=2.2,
                   label=f"{'PBT' if population == 'pbt' else 'no PBT (same first draws)'}: best of {len(curves)}")
         drawn = True

@@ -95,11 +95,17 @@ def mean_and_spread(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> tuple
     """
     if len(xs) == 1:
         return xs[0], ys[0], np.zeros_like(ys[0])
+    grid, values = on_common_grid(xs, ys)
+    return grid, values.mean(axis=0), values.std(axis=0)
+
+
+def on_common_grid(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Curves interpolated onto GRID_POINTS x values spanning only the range every curve covers: (grid, values
+    (curves, GRID_POINTS)), or a single point where the ranges only touch."""
     low = max(x[0] for x in xs)
     high = min(x[-1] for x in xs)
     grid = np.linspace(low, high, GRID_POINTS) if high > low else np.array([low])
-    values = np.stack([np.interp(grid, x, y) for x, y in zip(xs, ys, strict=True)])
-    return grid, values.mean(axis=0), values.std(axis=0)
+    return grid, np.stack([np.interp(grid, x, y) for x, y in zip(xs, ys, strict=True)])
 
 
 def trial_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
