@@ -50,6 +50,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import ClassVar, Literal, NamedTuple
 
 import gymnasium as gym
@@ -65,11 +66,14 @@ from nets.ddm import DeepDynamicalModel, prediction_errors
 from nets.mlp import MLP
 
 ERROR_STEPS = (1, 5, 10)  # model prediction errors logged per trial, in steps ahead
+SPREAD_ANGLES = np.arange(-180, 180, 5)  # degrees from upright where an ensemble's spread is probed (pendulum)
+SPREAD_STEPS = 10  # steps ahead of the probed spread
+SPREAD_FILE, SPREAD_PLOT = "spread.csv", "spread.png"  # in the run directory, for an ensemble on the pendulum
 RECENT_TRIALS = 10  # mean_return in summary.json is over this many last trials
 
 
 def _check_model(model: ModelConfig) -> None:
-    at_least(model, 1, "latent_dim", "context")
+    at_least(model, 1, "latent_dim", "context", "ensemble")
     if model.inertia and model.context < 2:
         raise ConfigError(f"inertia: needs model.context >= 2 (a velocity), got context {model.context}")
     if model.min_std <= 0:
@@ -176,6 +180,7 @@ class DDMAgent:
         self.plan: torch.Tensor | None = None
         self.history: list[np.ndarray] = []
         self.teacher_labels: list[tuple[int, int, np.ndarray]] = []  # (trial, window, action): policy.teacher
+        self.probe = probe_frames(config) if agent.model.ensemble > 1 else None  # (angles, 2, C, H, W) or None
 
     def new_model(self) -> None:
         """Freshly initialised model and policy network (their latent space is the model's), fresh optimisers."""
@@ -204,6 +209,8 @@ class DDMAgent:
             run.save_checkpoint(self.state_dict(), self.frames())
         bar.close()
         env.close()
+        if (run.dir / SPREAD_FILE).exists():
+            plot_spread(run.dir / SPREAD_FILE, run.dir / SPREAD_PLOT)
 
     def fit(self) -> dict[str, float]:
         """Fit the model to every trial so far (and the feedback policy, if it acts); the fits' losses.
@@ -261,10 +268,11 @@ class DDMAgent:
         if chosen:
             rows = torch.as_tensor([offsets[trial] + window for trial, window in chosen], device=self.device)
             with torch.no_grad():  # the policy's own plan from each state: the planner's starting mean
-                state, mean = histories[rows], []
+                state, mean = self.model.with_members(histories[rows]), []
                 for _ in range(agent.cem.horizon):
-                    mean.append(self.policy_net(state))
-                    state = self.model.step(state, mean[-1])
+                    action = self.policy_net(state)
+                    mean.append(self.model.members_mean(action))
+                    state = self.model.step(state, action)
             plans = agent.cem.plan(self.model, histories[rows], torch.stack(mean, 1), self.bound)
             self.teacher_labels += [(trial, window, action) for (trial, window), action
                                     in zip(chosen, plans[:, 0].cpu().numpy(), strict=True)]
@@ -372,8 +380,25 @@ class DDMAgent:
             metrics.update({f"model/error_{k}": value for k, value in errors.items()})
             to_uint8 = lambda images: (images * 255).round().to(torch.uint8).cpu().numpy()  # noqa: E731
             episode.update(reconstructions=to_uint8(self.model.reconstruct(frames)), predictions=to_uint8(predictions))
+            if self.probe is not None:
+                spread = self.spread()
+                upright, hanging = np.abs(SPREAD_ANGLES) <= 30, np.abs(SPREAD_ANGLES) >= 150
+                metrics.update({"model/spread_upright": float(spread[upright].mean()),
+                                "model/spread_hanging": float(spread[hanging].mean())})
+                append_spread(run.dir / SPREAD_FILE, number, spread)
         run.log(self.frames(), metrics)
         run.record_episode(episode)
+
+    @torch.no_grad()
+    def spread(self) -> np.ndarray:
+        """The ensemble's disagreement at each of SPREAD_ANGLES (the pole at rest there): the members' standard
+        deviation of the latents predicted `SPREAD_STEPS` steps ahead with no torque, in units of the spread of
+        the latents of every frame so far, averaged over the steps and latent dimensions. `(angles,)`"""
+        data = torch.cat([self.model.encode(torch.from_numpy(trial.frames).to(self.device)) for trial in self.trials])
+        histories = self.model.with_members(self.model.encode(torch.from_numpy(self.probe).to(self.device)))
+        actions = torch.zeros(self.probe.shape[0], SPREAD_STEPS, self.action_dim, device=self.device)
+        rollouts = self.model.imagine(histories, actions)  # (members, angles, steps, latent_dim)
+        return (rollouts.std(0) / data.std(0).clamp(min=1e-6)).mean((-2, -1)).cpu().numpy()
 
     def frames(self, trials: int | None = None) -> int:
         """Env steps (frames acted on) of all trials, or of the first `trials`."""
@@ -423,6 +448,58 @@ class DDMAgent:
                                in state.get("teacher_labels", [])]  # none in checkpoints before 2026-11-26
         set_generator_state(self.rng, state["rng"])
         set_rng_state(state["global_rng"])
+
+
+def probe_frames(config: RunConfig) -> np.ndarray | None:
+    """The frames an ensemble's spread is probed on: for each of SPREAD_ANGLES, the pole at rest there and one
+    step later (no torque), `(angles, 2, C, H, W)` (two frames: the model's context on the pendulum). None for an
+    env that cannot be reset to an angle (`reset(options={"angle": ...})`, the pixel pendulum's)."""
+    env = make_env(config)
+    try:
+        frames = []
+        for angle in SPREAD_ANGLES:
+            first, _ = env.reset(seed=0, options={"angle": float(np.deg2rad(angle)), "angular_velocity": 0.0})
+            second = env.step(np.zeros(env.action_space.shape, env.action_space.dtype))[0]
+            frames.append(np.stack([first, second]))
+    except ValueError:  # check_options: this env takes no angle
+        return None
+    finally:
+        env.close()
+    return np.stack(frames)
+
+
+def append_spread(path: Path, trial: int, spread: np.ndarray) -> None:
+    """One row of spread.csv: the trial and the spread at each of SPREAD_ANGLES (the header names them)."""
+    new = not path.exists()
+    with path.open("a") as file:
+        if new:
+            file.write("trial," + ",".join(f"{angle}" for angle in SPREAD_ANGLES) + "\n")
+        file.write(f"{trial}," + ",".join(f"{value:.5g}" for value in spread) + "\n")
+
+
+def plot_spread(path: Path, out: Path) -> Path:
+    """spread.png: the ensemble's spread against the pole's angle, one line per controlled trial (light: early,
+    dark: late). Written to a temporary name, then renamed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    angles = np.asarray(path.read_text().splitlines()[0].split(",")[1:], dtype=float)
+    figure, axes = plt.subplots(figsize=(7, 4))
+    colours = plt.cm.viridis(np.linspace(0.9, 0.0, len(table)))
+    for row, colour in zip(table, colours, strict=True):
+        axes.plot(angles, row[1:], color=colour, label=f"after trial {int(row[0]) - 1}")
+    axes.set_xlabel("pole angle from upright (degrees), at rest")
+    axes.set_ylabel(f"members' spread, {SPREAD_STEPS} steps ahead\n(latent std units)")
+    axes.set_title("Where the ensemble disagrees")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    partial = out.with_name(out.name + ".tmp.png")
+    figure.savefig(partial, dpi=100)
+    plt.close(figure)
+    partial.replace(out)
+    return out
 
 
 class HeldRandomActions:
@@ -635,7 +712,9 @@ class CEM:
 
     A stochastic model scores each sequence by the mean return of `particles` sampled rollouts (as PETS
     does): scored on one sample each, the elites are the luckiest draws, which favours the sequences whose
-    outcome the model is least sure of.
+    outcome the model is least sure of. An ensemble rolls every sequence through each member (each particle
+    keeps its member for the whole horizon, PETS's TS-inf) and scores it by the members' mean return minus
+    `risk` times their spread (standard deviation): risk > 0 avoids what the model does not know, < 0 seeks it.
     """
 
     horizon: int = 25  # steps each plan looks ahead
@@ -643,6 +722,7 @@ class CEM:
     elites: int = 50  # best sequences refitted each iteration
     iterations: int = 5  # refits per action
     particles: int = 8  # sampled rollouts per candidate of a stochastic model, their mean return its score
+    risk: float = 0.0  # an ensemble's score: mean return over members - risk * their standard deviation
 
     def validate(self) -> None:
         at_least(self, 1, "horizon", "candidates", "elites", "iterations", "particles")
@@ -662,10 +742,11 @@ class CEM:
         count = mean.shape[0]
         std = bound.expand_as(mean).clone()
         particles = self.particles if model.stochastic else 1
+        members = model.ensemble
         rollouts_per_history = particles * self.candidates
         histories = history.reshape(count, 1, *history.shape[-2:]).expand(count, rollouts_per_history,
                                                                          *history.shape[-2:])
-        histories = histories.reshape(count * rollouts_per_history, *history.shape[-2:])
+        histories = model.with_members(histories.reshape(count * rollouts_per_history, *history.shape[-2:]))
         rows = torch.arange(count, device=mean.device).unsqueeze(1)
         for _ in range(self.iterations):
             noise = torch.randn(count, self.candidates, horizon, action_dim, generator=generator, device=mean.device)
@@ -673,7 +754,11 @@ class CEM:
             actions[:, 0] = torch.maximum(torch.minimum(mean, bound), -bound)  # the mean itself competes
             repeated = actions.unsqueeze(1).expand(count, particles, *actions.shape[1:])
             rollouts = model.imagine(histories, repeated.reshape(-1, horizon, action_dim), sample=True)
-            returns = model.reward(rollouts).sum(-1).view(count, particles, self.candidates).mean(1)
+            if members == 1:
+                returns = model.reward(rollouts).sum(-1).view(count, particles, self.candidates).mean(1)
+            else:  # (members, count, candidates): each member's mean over its particles
+                returns = model.reward(rollouts).sum(-1).view(members, count, particles, self.candidates).mean(2)
+                returns = returns.mean(0) - self.risk * returns.std(0)
             best = actions[rows, returns.topk(self.elites, dim=1).indices]  # (B, elites, horizon, action_dim)
             mean, std = best.mean(1), best.std(1) + 1e-3 * bound
         return mean.reshape(*lead, horizon, action_dim)
@@ -702,15 +787,15 @@ class GradientShooting:
         start[0] = mean / bound
         parameters = torch.atanh(start.clamp(-0.99, 0.99)).requires_grad_(True)
         optimizer = torch.optim.Adam([parameters], lr=self.lr)
-        histories = history.expand(self.candidates, *history.shape)
+        histories = model.with_members(history.expand(self.candidates, *history.shape))
         for _ in range(self.iterations):
-            returns = model.reward(model.imagine(histories, bound * torch.tanh(parameters))).sum(-1)
+            returns = model.members_mean(model.reward(model.imagine(histories, bound * torch.tanh(parameters))).sum(-1))
             optimizer.zero_grad()
             (-returns.sum()).backward()
             optimizer.step()
         with torch.no_grad():
             actions = bound * torch.tanh(parameters)
-            returns = model.reward(model.imagine(histories, actions)).sum(-1)
+            returns = model.members_mean(model.reward(model.imagine(histories, actions)).sum(-1))
             return actions[returns.argmax()]
 
 
@@ -748,13 +833,14 @@ def lambda_returns(rewards: torch.Tensor, values: torch.Tensor, discount: float,
 def imagined_return(model: DeepDynamicalModel, policy: Policy, histories: torch.Tensor, horizon: int) -> torch.Tensor:
     """Summed predicted rewards of `policy` acting for `horizon` steps in the model from each history.
 
-    Shapes: `histories (batch, context, latent_dim)` -> `(batch,)`.
+    Shapes: `histories (batch, context, latent_dim)` -> `(batch,)` (an ensemble's: the members' mean).
     """
-    total = torch.zeros(histories.shape[0], device=histories.device)
+    histories = model.with_members(histories)
+    total = torch.zeros(histories.shape[:-2], device=histories.device)
     for _ in range(horizon):
         histories = model.step(histories, policy(histories), sample=True)
-        total = total + model.reward(histories[:, -1])
-    return total
+        total = total + model.reward(histories[..., -1, :])
+    return model.members_mean(total)
 
 
 @dataclass
@@ -829,12 +915,14 @@ class PolicySearch:
         """One update of `value: true`: the policy acts `horizon` steps in the model from `starts`; the actor
         ascends the mean lambda-return (through the model), the critic regresses each imagined history's value
         on its lambda-return (no gradient into the rollout). Returns the mean lambda-return from the starts."""
-        histories, rewards = [starts], []
+        histories, rewards = [model.with_members(starts)], []
         for _ in range(self.horizon):
             histories.append(model.step(histories[-1], policy(histories[-1]), sample=True))
-            rewards.append(model.reward(histories[-1][:, -1]))
-        states = torch.stack(histories, 1)  # (batch, horizon + 1, context, latent_dim)
-        returns = lambda_returns(torch.stack(rewards, 1), policy.value(states), self.discount, self.return_lambda)
+            rewards.append(model.reward(histories[-1][..., -1, :]))
+        # (batch, horizon + 1, context, latent_dim); an ensemble's members' rollouts side by side in the batch
+        states = torch.stack(histories, -3).reshape(-1, self.horizon + 1, *starts.shape[-2:])
+        rewards = torch.stack(rewards, -1).reshape(-1, self.horizon)
+        returns = lambda_returns(rewards, policy.value(states), self.discount, self.return_lambda)
         optimizer.zero_grad()
         (-returns.mean()).backward()
         for parameter in policy.critic.parameters():  # the actor's loss reaches the critic: not its gradient

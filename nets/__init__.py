@@ -34,7 +34,7 @@ from nets.conv import (
     to_float,
 )
 from nets.ddm import DeepDynamicalModel
-from nets.mlp import ACTIVATIONS, MLP, MLPDecoder, MLPEncoder, make_activation
+from nets.mlp import ACTIVATIONS, MLP, EnsembleMLP, MLPDecoder, MLPEncoder, make_activation
 from nets.q import NoisyLinear, QNetwork, categorical_projection
 from nets.rnn import RNNCore, RNNState
 
@@ -49,6 +49,7 @@ __all__ = [
     "ConvEncoder",
     "DeepDynamicalModel",
     "DenoisingAutoEncoder",
+    "EnsembleMLP",
     "ImpalaEncoder",
     "MLPDecoder",
     "MLPEncoder",

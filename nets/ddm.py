@@ -20,6 +20,14 @@ plans whose outcome the model is sure of. The interface is the same as the deter
 training the open-loop rollout carries the means and each step's Gaussian is scored against the error of
 that mean: fed back, samples enter the next step's velocity (the difference of the last two latents), and the
 noise compounded until the learned spread was half the latents' range (seen on the pendulum).
+
+`ensemble=K` (K > 1) makes the transition an ensemble of K networks (PETS, Chua et al. 2018) on the one
+encoder, decoder and reward head: where the data pins the dynamics down the members agree, away from it
+they disagree, so their spread measures what the model does not know. The members share the training
+windows and differ by their initialisation. An ensemble's rollouts carry the members on a leading
+dimension: `transition`, `step` and `imagine` take histories `(K, ..., context, latent_dim)` (`with_members`
+makes them from one history) and actions without it (the same actions for every member); the joint loss
+scores every member's open-loop prediction and decodes the members' mean.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nets.conv import ConvDecoder, ConvEncoder, to_float
-from nets.mlp import MLP, Activation, MLPDecoder, MLPEncoder
+from nets.mlp import MLP, Activation, EnsembleMLP, MLPDecoder, MLPEncoder
 
 Encoder = Literal["mlp", "conv"]
 
@@ -78,6 +86,7 @@ class DeepDynamicalModel(nn.Module):
         latent_grad: the latent prediction term of the joint loss also trains the encoder (through the
             latents it predicts from). False: it trains the transition alone, and the encoder learns to be
             predictable through the pixel prediction term only, which cannot pull the latents to a point.
+        ensemble: transition networks (members); above 1, an ensemble (module docstring).
 
     Shapes: observations `(..., C, H, W)` uint8 (or float in [0, 1]); latents `(..., latent_dim)`;
     actions `(..., action_dim)`; histories `(..., context, latent_dim)`.
@@ -99,12 +108,15 @@ class DeepDynamicalModel(nn.Module):
         inertia: bool = False,
         activation: Activation = "elu",
         latent_grad: bool = True,
+        ensemble: int = 1,
     ) -> None:
         super().__init__()
         if encoder not in get_args(Encoder):
             raise ValueError(f"DeepDynamicalModel: encoder must be one of {get_args(Encoder)}, got {encoder!r}")
         if latent_dim < 1 or context < 1:
             raise ValueError(f"DeepDynamicalModel: latent_dim and context must be >= 1, got {latent_dim}, {context}")
+        if ensemble < 1:
+            raise ValueError(f"DeepDynamicalModel: ensemble must be >= 1, got {ensemble}")
         self.obs_shape = tuple(int(size) for size in obs_shape)
         self.action_dim = action_dim
         self.latent_dim = latent_dim
@@ -115,6 +127,7 @@ class DeepDynamicalModel(nn.Module):
             raise ValueError("DeepDynamicalModel: inertia needs a context of at least 2 latents")
         self.inertia = inertia
         self.latent_grad = latent_grad
+        self.ensemble = ensemble
         bound = torch.as_tensor(action_bound, dtype=torch.float32).expand(action_dim).clone()
         self.register_buffer("action_bound", bound)
         if encoder == "mlp":
@@ -127,7 +140,11 @@ class DeepDynamicalModel(nn.Module):
             self.decoder = ConvDecoder(self.obs_shape, latent_dim, channels=tuple(reversed(encoder_hidden)),
                                        activation=activation)
         out_dim = 2 * latent_dim if stochastic else latent_dim
-        self.transition_net = MLP(context * latent_dim + action_dim, out_dim, transition_hidden, activation)
+        if ensemble > 1:
+            self.transition_net = EnsembleMLP(ensemble, context * latent_dim + action_dim, out_dim, transition_hidden,
+                                              activation)
+        else:
+            self.transition_net = MLP(context * latent_dim + action_dim, out_dim, transition_hidden, activation)
         self.reward_net = MLP(latent_dim, 1, reward_hidden, activation)
 
     # the four maps ------------------------------------------------------------------------------------
@@ -145,11 +162,16 @@ class DeepDynamicalModel(nn.Module):
     def transition(self, history: torch.Tensor, action: torch.Tensor) -> Transition:
         """The next latent's distribution from the last `context` latents (oldest first) and the action.
 
-        Shapes: `history (..., context, latent_dim)`, `action (..., action_dim)` -> `(..., latent_dim)` each.
+        Shapes: `history (..., context, latent_dim)`, `action (..., action_dim)` -> `(..., latent_dim)` each; an
+        ensemble's history has the members first, `(K, ..., context, latent_dim)`, and its action may leave them out.
         """
         assert history.shape[-2:] == (self.context, self.latent_dim), (
             f"transition expects (..., {self.context}, {self.latent_dim}) histories, got {tuple(history.shape)}"
         )
+        assert self.ensemble == 1 or history.shape[0] == self.ensemble, (
+            f"an ensemble of {self.ensemble} expects ({self.ensemble}, ..., {self.context}, {self.latent_dim}) "
+            f"histories (with_members), got {tuple(history.shape)}")
+        action = action.expand(*history.shape[:-2], action.shape[-1])
         inputs = torch.cat([history.flatten(-2), action / self.action_bound], dim=-1)
         output = self.transition_net(inputs)
         last = history[..., -1, :]
@@ -159,6 +181,14 @@ class DeepDynamicalModel(nn.Module):
             return Transition(last + output, torch.zeros_like(last))
         delta, std = output.chunk(2, dim=-1)
         return Transition(last + delta, F.softplus(std) + self.min_std)
+
+    def with_members(self, history: torch.Tensor) -> torch.Tensor:
+        """The same history for every member of an ensemble: `(...) -> (K, ...)`; unchanged for a single transition."""
+        return history.expand(self.ensemble, *history.shape) if self.ensemble > 1 else history
+
+    def members_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean over an ensemble's members (the first dimension): `(K, ...) -> (...)`; unchanged for one."""
+        return values.mean(0) if self.ensemble > 1 else values
 
     def reward(self, latents: torch.Tensor) -> torch.Tensor:
         """`(..., latent_dim)` -> `(...)` predicted rewards."""
@@ -240,31 +270,33 @@ class DeepDynamicalModel(nn.Module):
         if reward_mask is None:
             reward_mask = torch.ones_like(rewards)
         horizon = latents.shape[1] - self.context
-        history = latents[:, : self.context]
+        history = self.with_members(latents[:, : self.context])
         predicted, stds = [], []
         for index in range(horizon):  # the rollout carries the means, also when stochastic (module docstring)
             mean, std = self.transition(history, actions[:, self.context - 1 + index])
             predicted.append(mean)
             stds.append(std)
-            history = torch.cat([history[:, 1:], mean.unsqueeze(1)], dim=1)
-        predicted = torch.stack(predicted, 1)  # (batch, horizon, latent_dim)
+            history = torch.cat([history[..., 1:, :], mean.unsqueeze(-2)], dim=-2)
+        predicted = torch.stack(predicted, -2)  # ([K,] batch, horizon, latent_dim)
         # The encoder's latents are targets here; the encoder learns predictability through the pixels.
         # Errors are measured in units of the latents' spread, so shrinking the latent space cannot
         # lower them (no pull towards collapse) and the weight means the same at any scale.
         target = latents[:, self.context :].detach()
         scale = latents.detach().flatten(0, 1).std(0).clamp(min=1e-3)
         if self.stochastic:
-            mean, std = predicted / scale, torch.stack(stds, 1) / scale
+            mean, std = predicted / scale, torch.stack(stds, -2) / scale
             latent_error = (((target / scale - mean) / std) ** 2 / 2 + std.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
         else:
             latent_error = (((predicted - target) / scale) ** 2).sum(-1)
 
         # Rewards from the encoded latents of every frame and from the predicted ones (what a planner uses).
-        reward_latents = torch.cat([latents[:, :-1], predicted[:, :-1]], dim=1)
+        reward_latents = torch.cat([self.with_members(latents[:, :-1]), predicted[..., :-1, :]], dim=-2)
         reward_targets = torch.cat([rewards, rewards[:, self.context :]], dim=1)
         mask = torch.cat([reward_mask, reward_mask[:, self.context :]], dim=1)
-        reward_error = ((self.reward(reward_latents) - reward_targets) ** 2 * mask).sum() / mask.sum().clamp(min=1)
-        return predicted, latent_error.mean(), reward_error
+        reward_error = (((self.reward(reward_latents) - reward_targets) ** 2 * mask).sum()
+                        / (mask.sum() * self.ensemble).clamp(min=1))
+        # an ensemble's members are scored one by one above; the pixels of its prediction are the members' mean
+        return self.members_mean(predicted), latent_error.mean(), reward_error
 
     # evaluation -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -284,13 +316,14 @@ class DeepDynamicalModel(nn.Module):
         if starts.numel() == 0:
             return predictions
         history = torch.stack([latents[starts - self.context + 1 + offset] for offset in range(self.context)], 1)
+        history = self.with_members(history)
         for k in range(1, steps + 1):
             valid = starts + k < frames
             if not valid.any():
                 break
-            history = self.step(history[valid], actions[starts[valid] + k - 1])
+            history = self.step(history[..., valid, :, :], actions[starts[valid] + k - 1])
             starts = starts[valid]
-            predictions[k - 1, starts + k] = torch.sigmoid(self.decode(history[:, -1]))
+            predictions[k - 1, starts + k] = torch.sigmoid(self.decode(self.members_mean(history[..., -1, :])))
         return predictions
 
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Fully connected networks: a plain MLP and the fully connected image auto-encoder halves.
+"""Fully connected networks: a plain MLP, an ensemble of MLPs, and the fully connected image auto-encoder halves.
 
 `MLPEncoder` and `MLPDecoder` are the fully connected auto-encoder of the pixels-to-torques papers
 (Wahlstroem et al. 2015): the image is flattened, squeezed through dense layers to a small latent, and
@@ -7,6 +7,7 @@ decoded back to one logit per pixel.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -71,6 +72,54 @@ class MLP(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         assert inputs.shape[-1] == self.in_dim, f"MLP expects (..., {self.in_dim}) inputs, got {tuple(inputs.shape)}"
+        return self.layers(inputs)
+
+
+class EnsembleLinear(nn.Module):
+    """`members` independent dense layers applied at once (one batched matrix product): member `k` maps
+    `inputs[k]`. Each member is initialised as `nn.Linear` would be, independently.
+
+    Shapes: `(members, ..., in_dim) -> (members, ..., out_dim)`.
+    """
+
+    def __init__(self, members: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default: kaiming_uniform(a=sqrt(5)) and its bias rule
+        self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        members, lead = inputs.shape[0], inputs.shape[1:-1]
+        assert members == self.weight.shape[0] and inputs.shape[-1] == self.weight.shape[1], (
+            f"EnsembleLinear expects ({self.weight.shape[0]}, ..., {self.weight.shape[1]}) inputs, "
+            f"got {tuple(inputs.shape)}")
+        flat = inputs.reshape(members, -1, inputs.shape[-1])
+        return torch.baddbmm(self.bias, flat, self.weight).view(members, *lead, self.weight.shape[2])
+
+
+class EnsembleMLP(nn.Module):
+    """`members` MLPs of the same sizes, evaluated together (an ensemble, as in PETS: Chua et al. 2018).
+
+    Shapes: `(members, ..., in_dim) float -> (members, ..., out_dim) float`: the first dimension picks the member.
+    """
+
+    def __init__(self, members: int, in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256),
+                 activation: str = "elu") -> None:
+        super().__init__()
+        if members < 1:
+            raise ValueError(f"EnsembleMLP: members must be >= 1, got {members}")
+        self.members = members
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+        layers: list[nn.Module] = []
+        width = in_dim
+        for size in hidden:
+            layers += [EnsembleLinear(members, width, size), make_activation(activation)]
+            width = size
+        layers.append(EnsembleLinear(members, width, out_dim))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.layers(inputs)
 
 

@@ -42,6 +42,16 @@ def tiny_config(tmp_path, *overrides: str):
 def test_model_shapes(encoder, hidden, stochastic):
     model = DeepDynamicalModel(OBS_SHAPE, 1, 2.0, latent_dim=3, context=2, encoder=encoder, encoder_hidden=hidden,
                                stochastic=stochastic)
+    ensemble = DeepDynamicalModel(OBS_SHAPE, 1, 2.0, latent_dim=3, encoder=encoder, encoder_hidden=hidden,
+                                  stochastic=stochastic, ensemble=4)
+    frames = torch.randint(0, 256, (5, 7, *OBS_SHAPE), dtype=torch.uint8)
+    members = ensemble.with_members(ensemble.encode(frames[:, :2]))
+    assert members.shape == (4, 5, 2, 3)
+    assert ensemble.imagine(members, torch.zeros(5, 4, 1), sample=True).shape == (4, 5, 4, 3)
+    assert ensemble.predict_frames(frames[0], torch.zeros(6, 1), steps=3).shape == (3, 7, *OBS_SHAPE)
+    predicted, latent_error, _ = ensemble.latent_losses(ensemble.encode(frames), torch.zeros(5, 6, 1),
+                                                        torch.zeros(5, 6))
+    assert predicted.shape == (5, 5, 3) and latent_error.shape == ()
     frames = torch.randint(0, 256, (5, 7, *OBS_SHAPE), dtype=torch.uint8)
     latents = model.encode(frames)
     assert latents.shape == (5, 7, 3)
@@ -144,7 +154,13 @@ def test_stochastic_training_rollout_carries_the_means_and_scores_the_spread_aga
 class LinearModel(nn.Module):
     """A known latent system for the planners: z' = z + a, reward = -(z - 1.5)^2 (1-d, context 1)."""
 
-    context, latent_dim, stochastic = 1, 1, False
+    context, latent_dim, stochastic, ensemble = 1, 1, False, 1
+
+    def with_members(self, history: torch.Tensor) -> torch.Tensor:
+        return history
+
+    def members_mean(self, values: torch.Tensor) -> torch.Tensor:
+        return values
 
     def step(self, history: torch.Tensor, action: torch.Tensor, sample: bool = False) -> torch.Tensor:
         return history + action.unsqueeze(-2)
@@ -185,6 +201,61 @@ def test_cem_on_a_stochastic_model_scores_the_mean_of_particles_not_the_luckiest
     many = CEM(horizon=3, candidates=500, elites=50, iterations=5, particles=64).plan(*args)
     assert torch.all(many < 0)  # the sure gain
     assert not torch.all(one < 0)  # one sample per sequence: the elites are lucky gambles
+
+
+class SplitModel(LinearModel):
+    """An ensemble toy of two members: a negative action gains a sure 1 per step in both; a non-negative one
+    gains 3 in member 0 and nothing in member 1 (1.5 on average, the members disagreeing)."""
+
+    ensemble = 2
+
+    def with_members(self, history: torch.Tensor) -> torch.Tensor:
+        return history.expand(2, *history.shape)
+
+    def members_mean(self, values: torch.Tensor) -> torch.Tensor:
+        return values.mean(0)
+
+    def imagine(self, history: torch.Tensor, actions: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        member_gain = torch.tensor([3.0, 0.0]).view(2, *[1] * actions.dim())
+        return history[..., -1:, :] + torch.where(actions < 0, torch.ones_like(actions), member_gain).cumsum(-2)
+
+    def reward(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents[..., 0]
+
+
+@pytest.mark.parametrize("risk, sure", [(0.0, False), (1.0, True)])
+def test_cem_on_an_ensemble_scores_the_members_mean_minus_risk_times_their_spread(risk, sure):
+    # Over 3 steps the gamble returns 18 or 0 (mean 9, std 12.7) against a sure 6: the mean prefers the gamble,
+    # one standard deviation of risk the sure plan.
+    torch.manual_seed(0)
+    plan = CEM(horizon=3, candidates=500, elites=50, iterations=5, risk=risk).plan(
+        SplitModel(), torch.zeros(1, 1), torch.zeros(3, 1), torch.ones(1))
+    assert bool(torch.all(plan < 0)) == sure and bool(torch.all(plan >= 0)) == (not sure)
+
+
+def test_an_ensembles_spread_is_larger_away_from_its_data():
+    # Members fitted on latents of z' = z + 0.1 a with z in [-1, 1] agree there and disagree far from it.
+    torch.manual_seed(0)
+    model = DeepDynamicalModel(OBS_SHAPE, 1, 1.0, latent_dim=1, context=2, encoder_hidden=(8,),
+                               transition_hidden=(32, 32), ensemble=5)
+    optimizer = torch.optim.Adam([*model.transition_net.parameters(), *model.reward_net.parameters()], lr=3e-3)
+    for _ in range(400):
+        actions = torch.rand(64, 5, 1) * 2 - 1
+        start = torch.rand(64, 1) * 1.5 - 0.75
+        latents = torch.cat([start, start + 0.1 * actions[..., 0].cumsum(1)], 1).unsqueeze(-1)  # (64, 6, 1)
+        _, latent_error, reward_error = model.latent_losses(latents, actions, torch.zeros(64, 5))
+        optimizer.zero_grad()
+        (latent_error + reward_error).backward()
+        optimizer.step()
+
+    def spread(z: float) -> float:
+        history = model.with_members(torch.tensor([[[z], [z]]]))
+        with torch.no_grad():
+            return float(model.transition(history, torch.zeros(1, 1)).mean.std(0).mean())
+
+    near = max(spread(z) for z in (-0.5, 0.0, 0.5))
+    assert latent_error < 0.05  # the members learnt the data
+    assert min(spread(4.0), spread(-4.0)) > 10 * near
 
 
 def test_gradient_planner_finds_the_best_action_sequence_of_a_known_system():
@@ -279,8 +350,13 @@ def test_the_planner_labels_the_newest_trial_first_and_each_state_once(tmp_path)
     "overrides",
     [["agent.controller=cem"], ["agent.controller=gradient"], ["agent.controller=policy"],
      ["agent.controller=policy", "agent.policy.teacher=cem", "agent.policy.labels=10", "agent.policy.value=true"],
-     ["agent.controller=cem", "agent.model.stochastic=true"]],
-    ids=["cem", "gradient", "policy", "policy-teacher-value", "cem-stochastic"],
+     ["agent.controller=cem", "agent.model.stochastic=true"],
+     ["agent.controller=cem", "agent.model.ensemble=3", "agent.model.stochastic=true", "agent.cem.risk=0.5"],
+     ["agent.controller=policy", "agent.model.ensemble=2", "agent.policy.teacher=cem", "agent.policy.labels=10",
+      "agent.policy.value=true"],
+     ["agent.controller=gradient", "agent.model.ensemble=2"]],
+    ids=["cem", "gradient", "policy", "policy-teacher-value", "cem-stochastic", "cem-ensemble",
+         "policy-ensemble", "gradient-ensemble"],
 )
 def test_tiny_trial_loop_logs_every_trial_and_records_predictions(tmp_path, overrides):
     config = tiny_config(tmp_path, *overrides)
@@ -306,6 +382,11 @@ def test_tiny_trial_loop_logs_every_trial_and_records_predictions(tmp_path, over
     assert episode["frames"].shape == (21, *OBS_SHAPE)
     assert episode["reconstructions"].shape == (21, *OBS_SHAPE) and episode["reconstructions"].dtype == np.uint8
     assert episode["predictions"].shape == (10, 21, *OBS_SHAPE)
+    ensemble = any(override.startswith("agent.model.ensemble") for override in overrides)
+    assert ("model/spread_upright" in header) == ensemble and (run_dir / "spread.png").exists() == ensemble
+    if ensemble:  # a row of the members' spread at each probed angle per controlled trial
+        spread = np.loadtxt(run_dir / "spread.csv", delimiter=",", skiprows=1)
+        assert spread.shape == (2, 1 + 72) and list(spread[:, 0]) == [2, 3] and np.all(spread[:, 1:] > 0)
 
 
 def test_run_ends_with_a_line_that_says_the_outcome(tmp_path, capsys):
@@ -403,8 +484,9 @@ def test_fits_keeps_the_model_with_the_lowest_pixel_score_of_several_fits_from_s
     assert "train/fit_score" in rows[0].split(",")
 
 
-def test_checkpoint_round_trip_gives_the_same_predictions_and_resumes_at_the_next_trial(tmp_path):
-    config = tiny_config(tmp_path, "agent.trials=2")
+@pytest.mark.parametrize("ensemble", [1, 3])
+def test_checkpoint_round_trip_gives_the_same_predictions_and_resumes_at_the_next_trial(tmp_path, ensemble):
+    config = tiny_config(tmp_path, "agent.trials=2", f"agent.model.ensemble={ensemble}")
     agent = DDMAgent(config, torch.device("cpu"))
     run = Run.create(config)
     agent.train(run)
@@ -416,7 +498,7 @@ def test_checkpoint_round_trip_gives_the_same_predictions_and_resumes_at_the_nex
     expected = agent.model.predict_frames(frames, actions, 5)
     assert torch.equal(restored.model.predict_frames(frames, actions, 5), expected)
     assert restored.frames() == 40 and len(restored.trials) == 2
-    restored.config = tiny_config(tmp_path, "agent.trials=3")
+    restored.config = tiny_config(tmp_path, "agent.trials=3", f"agent.model.ensemble={ensemble}")
     restored.train(run)
     summary = restored.summary()
     assert summary["episodes"] == 3 and summary["env_steps"] == 60

@@ -20,7 +20,7 @@ from nets.autoencoders import (
     VariationalLoss,
 )
 from nets.conv import ConvDecoder, ConvEncoder, ImpalaEncoder, MinAtarEncoder, NatureEncoder, to_float
-from nets.mlp import MLP, MLPDecoder, MLPEncoder
+from nets.mlp import MLP, EnsembleMLP, MLPDecoder, MLPEncoder
 from nets.q import NoisyLinear, QNetwork, categorical_projection
 from nets.rnn import RNNCore
 
@@ -742,3 +742,19 @@ def test_q_network_regresses_fixed_q_targets(dueling: bool) -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0], f"loss fell only from {losses[0]:.3f} to {losses[-1]:.3f}"
+
+
+def test_ensemble_mlp_members_are_independent_networks():
+    torch.manual_seed(0)
+    ensemble = EnsembleMLP(3, 4, 2, hidden=(16,), activation="relu")
+    inputs = torch.randn(4).expand(3, 5, 4)  # the same input for every member
+    outputs = ensemble(inputs)
+    assert outputs.shape == (3, 5, 2)
+    assert not torch.allclose(outputs[0], outputs[1])  # initialised independently
+    outputs[1].sum().backward()
+    for layer in (ensemble.layers[0], ensemble.layers[-1]):
+        assert layer.weight.grad[1].abs().sum() > 0
+        assert layer.weight.grad[0].abs().sum() == 0 and layer.weight.grad[2].abs().sum() == 0
+    # member k is the MLP of its own weights
+    first = torch.relu(inputs[2] @ ensemble.layers[0].weight[2] + ensemble.layers[0].bias[2])
+    assert torch.allclose(outputs[2], first @ ensemble.layers[-1].weight[2] + ensemble.layers[-1].bias[2], atol=1e-6)
