@@ -557,6 +557,25 @@ def test_bench_reports_trials_frames_and_the_sb3_ratio():
     assert result["frames_per_seed"] == [60, 60] and len(result["trials_to_success"]) == 2
     assert result["wall_per_trial_s"] > 0 and result["hardware"]["cpu_count"] >= 1
     assert result["ratio"] == pytest.approx(result["sb3"]["frames_to_first_success"] / 60)
+    assert result["sac"]["algo"] == "sac" and result["sac"]["frame_budget"] > 0  # the stored SAC run
+    rows = [result["sb3"]["frame_budget"], result["sac"]["frame_budget"], result["sb3"]["frames_to_first_success"]]
+    assert result["best_model_free"]["frames"] <= min(frames for frames in rows if frames is not None)
+
+
+@pytest.mark.parametrize(
+    ("rows", "ddm_solved", "expected"),
+    [({"ppo": (90_000, True), "dqn": (23_734, True)}, True, ("dqn", 23_734 / 640, "exact")),
+     # a row that never succeeded stands in with its budget: more frames than that, a lower bound on the ratio
+     ({"ppo": (90_000, True), "dqn": (23_734, True), "sac": (16_000, False)}, True, ("sac", 25.0, "lower")),
+     ({"ppo": (90_000, True), "dqn": (23_734, True)}, False, ("dqn", 23_734 / 640, "upper")),
+     ({"sac": (16_000, False)}, False, ("sac", None, None))],
+)
+def test_best_model_free_is_the_row_with_the_fewest_frames_with_its_bound(rows, ddm_solved, expected):
+    from agents.common.bench_ddm import best_model_free
+
+    best = best_model_free(rows, 640.0, ddm_solved)
+    assert (best["row"], best["ratio"], best["ratio_bound"]) == pytest.approx(expected)
+    assert best_model_free({}, 640.0, True) is None
 
 
 def test_value_based_rows_are_stored_per_seed_and_compared_with_the_ddm_frames(tmp_path, monkeypatch):

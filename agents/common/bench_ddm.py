@@ -12,7 +12,12 @@ when a DDM seed never succeeded (its frames used stand in, "less than"); null, w
 
 The value-based rows (DQN and Rainbow with five discrete torques, configs/dqn_pendulum.yaml and
 rainbow_pendulum.yaml) are stored the same way, per seed (`rerun_dqn=True`: 3 seeds of each, about 1.5 hours on
-one core); `value_based` in the result holds them with their frames to first success.
+one core); `value_based` in the result holds them with their frames to first success. `sac` is SB3 SAC's stored
+run (agents/baselines/sb3_sac_pendulum.json, made on the GPU machine; not rerun here).
+
+`best_model_free` compares the DDM agent with the fewest frames any stored model-free row needed: each row's
+frames to success (a row with unsolved seeds: its solved seeds' mean, too few; a row that never succeeded: its
+budget, too few), the smallest one, and the ratio, bounded as `ratio_bound` says.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from nets.ddm import DeepDynamicalModel, prediction_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 SB3_RESULT = ROOT / "agents" / "baselines" / "sb3_pendulum.json"
+SAC_RESULT = ROOT / "agents" / "baselines" / "sb3_sac_pendulum.json"  # SB3 SAC (configs/sb3_sac_pendulum.yaml)
 SB3_CONFIG = "configs/sb3_ppo_pendulum.yaml"
 VALUE_BASED = {"dqn": "dqn_pendulum", "rainbow": "rainbow_pendulum"}  # row name -> config, stored as
 VALUE_BASED_RESULT = ROOT / "agents" / "baselines" / "{config}.json"  # agents/baselines/<config>.json
@@ -166,6 +172,35 @@ def value_based_rows(ddm_frames: float, ddm_solved: bool) -> dict:
     return rows
 
 
+def model_free_frames(result: dict) -> dict[str, tuple[float, bool]]:
+    """Each stored model-free row of a bench result: (frames to success, whether every seed of it succeeded). A
+    row that never succeeded gives its budget (its frames to success are more than that)."""
+    rows = {}
+    for name in ("sb3", "sac"):
+        if result.get(name) is not None:
+            frames = result[name]["frames_to_first_success"]
+            rows[result[name]["algo"]] = (float(frames if frames is not None else result[name]["frame_budget"]),
+                                          frames is not None)
+    for name, row in result.get("value_based", {}).items():
+        solved = row["frames_mean_solved"]
+        rows[name] = (float(solved if solved is not None else row["frame_budget"]),
+                      row["solved_seeds"] == len(row["frames_to_first_success"]))
+    return rows
+
+
+def best_model_free(rows: dict[str, tuple[float, bool]], ddm_frames: float, ddm_solved: bool) -> dict | None:
+    """The model-free row with the fewest frames (see `model_free_frames`) and the DDM agent's ratio against it:
+    "exact", "lower" when that row's figure is too few (unsolved seeds), "upper" when a DDM seed never succeeded,
+    null (no ratio) for both. None without rows."""
+    if not rows:
+        return None
+    name, (frames, complete) = min(rows.items(), key=lambda item: item[1][0])
+    bound = {(True, True): "exact", (False, True): "lower", (True, False): "upper", (False, False): None}[
+        (complete, ddm_solved)]
+    return {"row": name, "frames": frames, "complete": complete, "ratio": frames / ddm_frames if bound else None,
+            "ratio_bound": bound}
+
+
 def frame_ratio(sb3_frames: int | None, sb3_budget: int, ddm_frames: float, ddm_solved: bool
                 ) -> tuple[float | None, str | None]:
     """SB3's frames to success over the DDM agent's, and how to read it ("exact", "lower", "upper", None).
@@ -223,6 +258,11 @@ def bench_ddm(
         # per job; on a cluster (address) the seeds ran on its nodes, not on this machine
         "hardware": {**hardware(), **({"torch_threads": 1} if jobs > 1 or address else {})},
     }
+    sac = read_sb3_result(SAC_RESULT)
+    if sac is not None:
+        result["sac"] = sac
+        result["sac"]["ratio"], result["sac"]["ratio_bound"] = frame_ratio(
+            sac["frames_to_first_success"], sac["frame_budget"], ddm_frames, len(solved) == seeds)
     sb3 = rerun_sb3_baseline() if rerun_sb3 else read_sb3_result()
     if sb3 is not None:
         result["sb3"] = sb3
@@ -238,6 +278,9 @@ def bench_ddm(
     value_based = value_based_rows(ddm_frames, len(solved) == seeds)
     if value_based:
         result["value_based"] = value_based
+    best = best_model_free(model_free_frames(result), ddm_frames, len(solved) == seeds)
+    if best is not None:
+        result["best_model_free"] = best
     if model_quality:
         result["model_quality"] = compare_model_quality(config=config, overrides=overrides)
     return result
