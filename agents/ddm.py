@@ -48,7 +48,9 @@ Three settings decide whether the pendulum is held (all on in configs/ddm_pendul
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal, NamedTuple
@@ -249,11 +251,16 @@ class DDMAgent:
         windows = [len(trial.frames) - self.model.context + 1 for trial in self.trials]
         offsets = np.concatenate([[0], np.cumsum(windows)[:-1]])
 
-        def fit_to_labels() -> float:
+        def fit_to_labels(more_histories: torch.Tensor | None = None, more_actions: torch.Tensor | None = None
+                          ) -> float:
             rows = torch.as_tensor([offsets[trial] + window for trial, window, _ in self.teacher_labels],
                                    device=self.device)
             actions = torch.as_tensor(np.stack([action for _, _, action in self.teacher_labels]), device=self.device)
-            return agent.policy.imitate(self.policy_net, self.policy_optimizer, histories[rows], actions)
+            labelled_histories = histories[rows]
+            if more_histories is not None:
+                labelled_histories = torch.cat([labelled_histories, more_histories])
+                actions = torch.cat([actions, more_actions])
+            return agent.policy.imitate(self.policy_net, self.policy_optimizer, labelled_histories, actions)
 
         if self.teacher_labels:
             fit_to_labels()
@@ -276,29 +283,53 @@ class DDMAgent:
             plans = agent.cem.plan(self.model, histories[rows], torch.stack(mean, 1), self.bound)
             self.teacher_labels += [(trial, window, action) for (trial, window), action
                                     in zip(chosen, plans[:, 0].cpu().numpy(), strict=True)]
+        path_histories = path_actions = None
+        if chosen and agent.policy.path_labels:  # each plan's own imagined path, labelled with its actions there
+            with torch.no_grad():
+                state, states = self.model.with_members(histories[rows]), []
+                for step in range(agent.cem.horizon - 1):
+                    state = self.model.step(state, plans[:, step])
+                    states.append(state)
+            path_histories = torch.stack(states, -3).reshape(-1, *histories.shape[-2:])  # (..., rows, steps) flat
+            path_actions = plans[:, 1:].expand(*torch.stack(states, -3).shape[:-2], plans.shape[-1])
+            path_actions = path_actions.reshape(-1, plans.shape[-1])
         seconds = time.time() - started
-        return {"train/imitation_loss": fit_to_labels(), "train/labels": float(len(self.teacher_labels)),
-                "time/labelling_s": seconds}
+        return {"train/imitation_loss": fit_to_labels(path_histories, path_actions),
+                "train/labels": float(len(self.teacher_labels)), "time/labelling_s": seconds}
 
     def fit_from_scratch(self, buffer: TrialBuffer, keep_current: bool = False) -> dict[str, float]:
         """`fit.fits` fits of freshly initialised models (the first on the current model if `keep_current`);
         the one with the lowest :func:`pixel_score` is kept. Returns its training losses, plus (when
         `fit.fits` > 1) `train/fit_score` (its score) and `train/fit_chosen` (which fit it was, from 0)."""
         fit = self.config.agent.fit
-        best = None
+        candidates = []  # each fit's model, optimisers and policy, initialised here one after another
         for attempt in range(fit.fits):
             if attempt > 0 or not keep_current:
                 self.new_model()
-            losses = fit.joint(self.model, self.model_optimizer, buffer, fit.updates,
-                               warmup=int(fit.latent_warmup * fit.updates))
-            if fit.fits == 1:  # nothing to choose between: no score
-                return losses
-            losses.update({"train/fit_score": pixel_score(self.model, buffer, fit.prediction_horizon),
-                           "train/fit_chosen": float(attempt)})
-            if best is None or losses["train/fit_score"] < best[0]["train/fit_score"]:
-                best = (losses, self.model, self.model_optimizer, self.policy_net, self.policy_optimizer)
-        losses, self.model, self.model_optimizer, self.policy_net, self.policy_optimizer = best
-        return losses
+            candidates.append((self.model, self.model_optimizer, self.policy_net, self.policy_optimizer))
+        # every fit draws its windows from its own generator, seeded here: a fit's numbers are the same whether
+        # the fits run one after another or at once
+        seeds = torch.randint(0, 2**62, (fit.fits,)).tolist()
+
+        def run(attempt: int) -> dict[str, float]:
+            model, optimizer = candidates[attempt][:2]
+            generator = torch.Generator(self.device).manual_seed(seeds[attempt])
+            losses = fit.joint(model, optimizer, buffer, fit.updates, warmup=int(fit.latent_warmup * fit.updates),
+                               generator=generator)
+            if fit.fits > 1:  # something to choose between: a score
+                losses.update({"train/fit_score": pixel_score(model, buffer, fit.prediction_horizon),
+                               "train/fit_chosen": float(attempt)})
+            return losses
+
+        threads = min(fit.fits, torch.get_num_threads()) if self.device.type == "cpu" else 1
+        if threads > 1:  # the fits at once, one torch thread each (torch releases the GIL inside its ops)
+            with single_torch_thread(), ThreadPoolExecutor(threads) as pool:
+                results = list(pool.map(run, range(fit.fits)))
+        else:
+            results = [run(attempt) for attempt in range(fit.fits)]
+        best = min(range(fit.fits), key=lambda attempt: results[attempt].get("train/fit_score", 0.0))
+        self.model, self.model_optimizer, self.policy_net, self.policy_optimizer = candidates[best]
+        return results[best]
 
     def play(self, env: gym.Env, seed: int, controlled: bool) -> tuple[Trial, bool]:
         """One trial, random held actions or the controller's (plus exploration noise); the trial and whether
@@ -450,6 +481,17 @@ class DDMAgent:
         set_rng_state(state["global_rng"])
 
 
+@contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """torch's intra-op threads set to one for the block (parallel fits bring their own threads), then restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def probe_frames(config: RunConfig) -> np.ndarray | None:
     """The frames an ensemble's spread is probed on: for each of SPREAD_ANGLES, the pole at rest there and one
     step later (no torque), `(angles, 2, C, H, W)` (two frames: the model's context on the pendulum). None for an
@@ -566,8 +608,8 @@ class TrialBuffer(NamedTuple):
         return Windows(self.observations[trial, index], self.actions[trial, steps], self.rewards[trial, steps],
                        self.valid[trial, steps])
 
-    def sample(self, length: int, batch: int, focus: float = 0.0) -> Windows:
-        """`batch` random windows of `length` frames (uniform over starts; torch's global generator).
+    def sample(self, length: int, batch: int, focus: float = 0.0, generator: torch.Generator | None = None) -> Windows:
+        """`batch` random windows of `length` frames (uniform over starts; from `generator`, or torch's global one).
 
         A `focus` fraction is drawn with probability growing with the window's mean reward (standardised,
         softmax): the states that matter for control (the pole near upright) are rare in the data, and
@@ -580,9 +622,9 @@ class TrialBuffer(NamedTuple):
         score = (windows - windows[usable].mean()) / windows[usable].std().clamp(min=1e-6)
         weights = torch.where(usable, score.exp(), torch.zeros_like(score)).flatten()
         focused = int(round(focus * batch)) if weights.sum() > 0 else 0
-        flat = torch.randint(0, count * starts, (batch,), device=self.rewards.device)
+        flat = torch.randint(0, count * starts, (batch,), device=self.rewards.device, generator=generator)
         if focused:
-            flat[:focused] = torch.multinomial(weights, focused, replacement=True)
+            flat[:focused] = torch.multinomial(weights, focused, replacement=True, generator=generator)
         return self.windows((flat // starts).unsqueeze(1), (flat % starts).unsqueeze(1), length)
 
     def every(self, length: int, stride: int) -> Windows:
@@ -673,9 +715,10 @@ class Fit:
         return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
 
     def joint(self, model: DeepDynamicalModel, optimizer: torch.optim.Optimizer, buffer: TrialBuffer, updates: int,
-              warmup: int = 0) -> dict[str, float]:
-        """`updates` joint updates (DeepDynamicalModel.loss) on random windows; the first `warmup` leave out
-        the latent prediction term (`latent_warmup`). Returns the mean loss terms of the last 50 updates."""
+              warmup: int = 0, generator: torch.Generator | None = None) -> dict[str, float]:
+        """`updates` joint updates (DeepDynamicalModel.loss) on random windows (drawn from `generator`, torch's
+        global one if None); the first `warmup` leave out the latent prediction term (`latent_warmup`). Returns
+        the mean loss terms of the last 50 updates."""
         length = model.context + self.prediction_horizon
 
         def loss(windows: Windows, update: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -683,8 +726,8 @@ class Fit:
             return terms.total, terms._asdict()
 
         model.train()
-        losses = optimise(updates, lambda: buffer.sample(length, self.batch_size, self.focus), loss, optimizer,
-                          self.scheduler(optimizer, updates), clip=(list(model.parameters()), 100.0))
+        losses = optimise(updates, lambda: buffer.sample(length, self.batch_size, self.focus, generator), loss,
+                          optimizer, self.scheduler(optimizer, updates), clip=(list(model.parameters()), 100.0))
         model.eval()
         return losses
 
@@ -859,6 +902,10 @@ class PolicySearch:
     # the policy is fitted to every label so far (re-encoded by the new model) in `imitation_updates` steps
     teacher: Literal["none", "cem"] = "none"
     labels: int = 100  # states the planner labels per trial (each costs one CEM plan)
+    # path_labels: each new label's plan also labels the states along its own imagined path with the plan's
+    # actions there (horizon - 1 more labels per plan, in the latent space of this fit only): the states the
+    # planner means to pass, the pole's hold near upright among them, before the policy has ever got there
+    path_labels: bool = False
     imitation_updates: int = 500  # full-batch Adam steps on the labels, before the `updates` of the search
     # value: a critic learns the discounted value of the policy's histories from lambda-returns of the imagined
     # rollouts, and the search ascends those returns (Dreamer, Hafner et al. 2020), so what lies past the

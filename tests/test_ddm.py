@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -482,6 +483,33 @@ def test_fits_keeps_the_model_with_the_lowest_pixel_score_of_several_fits_from_s
     assert agent.model is model  # the one with the lowest score, whichever fit it was
     rows = (run.dir / "metrics.csv").read_text().splitlines()
     assert "train/fit_score" in rows[0].split(",")
+
+
+def test_fits_at_once_on_two_threads_give_the_same_models_as_one_after_another(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, "agent.fit.fits=2", "agent.fit.updates=20")
+    threads = torch.get_num_threads()
+    pools: list[tuple[int, int]] = []  # (torch threads of the run, workers of a pool it opened)
+    original = ThreadPoolExecutor.map
+    monkeypatch.setattr(ThreadPoolExecutor, "map", lambda pool, *args: pools.append(
+        (current[0], pool._max_workers)) or original(pool, *args))
+    current = [0]
+
+    def fitted(torch_threads: int) -> DDMAgent:
+        current[0] = torch_threads
+        torch.set_num_threads(torch_threads)
+        torch.manual_seed(0)
+        agent = DDMAgent(config, torch.device("cpu"))
+        agent.trials = [agent.play(make_env(config), seed, controlled=False)[0] for seed in range(2)]
+        agent.fit_from_scratch(TrialBuffer.of(agent.trials))
+        return agent
+
+    try:
+        one, two = fitted(1), fitted(2)
+    finally:
+        torch.set_num_threads(threads)
+    assert pools == [(2, 2)]  # one thread: one fit after another; two threads: both fits at once
+    for name, value in one.model.state_dict().items():
+        assert torch.equal(value, two.model.state_dict()[name]), name
 
 
 @pytest.mark.parametrize("ensemble", [1, 3])
