@@ -347,6 +347,28 @@ def test_the_planner_labels_the_newest_trial_first_and_each_state_once(tmp_path)
     assert [(t, w) for t, w, _ in restored.teacher_labels] == keys
 
 
+def test_path_labels_add_each_plans_imagined_states_with_its_actions_for_this_fit_only(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, "agent.controller=policy", "agent.policy.teacher=cem", "agent.policy.labels=15",
+                         "agent.policy.imitation_updates=5", "agent.policy.updates=0", "agent.policy.path_labels=true")
+    agent = DDMAgent(config, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (21, *OBS_SHAPE), dtype=np.uint8)
+    agent.trials.append(Trial(frames, rng.uniform(-2, 2, (20, 1)).astype(np.float32), np.zeros(20, np.float32)))
+    fitted = []
+    original = PolicySearch.imitate
+    monkeypatch.setattr(PolicySearch, "imitate", lambda search, policy, optimizer, histories, actions: fitted.append(
+        (histories, actions)) or original(search, policy, optimizer, histories, actions))
+    agent.imitate_planner(agent.latent_histories())
+    histories, actions = fitted[-1]
+    horizon = config.agent.cem.horizon
+    assert len(agent.teacher_labels) == 15  # stored: the real states only
+    assert histories.shape[0] == actions.shape[0] == 15 * horizon  # + horizon - 1 imagined states per plan
+    # the first imagined state of each plan is the model's step from its real state with the plan's first action
+    real = torch.as_tensor(np.stack([action for _, _, action in agent.teacher_labels]))
+    first = agent.model.step(histories[:15], real)
+    assert torch.allclose(histories[15 :: horizon - 1], first, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [["agent.controller=cem"], ["agent.controller=gradient"], ["agent.controller=policy"],
@@ -354,7 +376,7 @@ def test_the_planner_labels_the_newest_trial_first_and_each_state_once(tmp_path)
      ["agent.controller=cem", "agent.model.stochastic=true"],
      ["agent.controller=cem", "agent.model.ensemble=3", "agent.model.stochastic=true", "agent.cem.risk=0.5"],
      ["agent.controller=policy", "agent.model.ensemble=2", "agent.policy.teacher=cem", "agent.policy.labels=10",
-      "agent.policy.value=true"],
+      "agent.policy.value=true", "agent.policy.path_labels=true"],
      ["agent.controller=gradient", "agent.model.ensemble=2"]],
     ids=["cem", "gradient", "policy", "policy-teacher-value", "cem-stochastic", "cem-ensemble",
          "policy-ensemble", "gradient-ensemble"],
