@@ -648,13 +648,18 @@ def test_value_based_rows_are_stored_per_seed_and_compared_with_the_ddm_frames(t
     assert result["value_based"]["dqn"]["frames_to_first_success"] == [20_000, None, 30_000]
 
 
-def test_bench_seeds_in_parallel_jobs_give_the_same_results_as_one_after_another():
+def test_bench_seeds_in_parallel_jobs_give_the_same_results_as_one_after_another(tmp_path):
     from agents.common.bench_ddm import bench_ddm
 
-    sequential = bench_ddm(seeds=2, config="ddm_pendulum_tiny", model_quality=False)
-    parallel = bench_ddm(seeds=2, config="ddm_pendulum_tiny", model_quality=False, jobs=2)
+    sequential = bench_ddm(seeds=2, config="ddm_pendulum_tiny", model_quality=False, runs_dir=str(tmp_path / "one"))
+    parallel = bench_ddm(seeds=2, config="ddm_pendulum_tiny", model_quality=False, jobs=2,
+                         runs_dir=str(tmp_path / "two"))
     assert parallel["jobs"] == 2 and parallel["frames_per_seed"] == sequential["frames_per_seed"]
     assert parallel["trials_to_success"] == sequential["trials_to_success"]
+    for kept in ("one", "two"):  # --runs-dir keeps each seed's run directory, whichever way it ran
+        runs = sorted((tmp_path / kept / "ddm_pendulum_tiny").iterdir())
+        assert [run.name[-5:] for run in runs] == ["seed0", "seed1"]
+        assert all((run / "summary.json").exists() and (run / "metrics.csv").exists() for run in runs)
 
 
 def test_model_quality_comparison_fits_both_models_on_the_same_data():

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from agents.common.agent import train
-from agents.common.config import ConfigError, config_from_dict, config_to_dict, load_config, merge
+from agents.common.config import ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config, merge
 from agents.common.envs import make_env
 from agents.ddm import DDMAgent, Fit, TrialBuffer, Windows, optimise
 from nets.ddm import DeepDynamicalModel, prediction_errors
@@ -66,25 +66,30 @@ def run_seed(config_name: str, seed: int, overrides: Sequence[str], runs_dir: st
 
 def run_seed_task(config_data: dict) -> dict:
     """One agent run as a Ray task: the config as plain data (so a cluster node needs no config file), one torch
-    thread (parallel seeds share the cores), its run directory in a temporary folder of the node it runs on."""
+    thread (parallel seeds share the cores), its run directory in a temporary folder of the node it runs on
+    (under the config's train.runs_dir instead when that is not the default, `runs`: bench_ddm's `runs_dir`)."""
     torch.set_num_threads(1)
+    if config_data["train"]["runs_dir"] != TrainConfig().runs_dir:
+        return json.loads((train(config_from_dict(config_data), quiet=True) / "summary.json").read_text())
     with tempfile.TemporaryDirectory() as runs_dir:
         config = config_from_dict(merge(config_data, {"train": {"runs_dir": runs_dir}}))
         return json.loads((train(config, quiet=True) / "summary.json").read_text())
 
 
 def run_seeds(config_name: str, seeds: int, overrides: Sequence[str], runs_dir: str, jobs: int = 1,
-              address: str | None = None) -> list[dict]:
+              address: str | None = None, keep: bool = False) -> list[dict]:
     """Seeds 0..seeds-1 of a config: their summary.json, in seed order.
 
     jobs 1 and no address: one after another in this process, run directories under `runs_dir`. Otherwise as
     Ray tasks, `jobs` at once, on an embedded Ray of `jobs` CPUs or the cluster at `address`; Ctrl-C or SIGTERM
-    cancels them (their workers are killed) and the embedded Ray is shut down before the command ends."""
+    cancels them (their workers are killed) and the embedded Ray is shut down before the command ends. `keep`: the
+    Ray tasks too write their run directories under `runs_dir` (of the node each runs on), not a temporary one."""
     if jobs == 1 and address is None:
         return [run_seed(config_name, seed, overrides, runs_dir) for seed in range(seeds)]
     from agents.common.ray_tasks import map_tasks, ray_session, sigterm_as_ctrl_c
 
-    configs = [config_to_dict(load_config(config_name, [f"seed={seed}", *overrides])) for seed in range(seeds)]
+    kept = [f"train.runs_dir={Path(runs_dir).resolve()}"] if keep else []
+    configs = [config_to_dict(load_config(config_name, [f"seed={seed}", *overrides, *kept])) for seed in range(seeds)]
     with sigterm_as_ctrl_c(), ray_session(address, num_cpus=jobs):
         return map_tasks(run_seed_task, configs, jobs)
 
@@ -226,18 +231,20 @@ def bench_ddm(
     model_quality: bool = True,
     jobs: int = 1,
     address: str | None = None,
+    runs_dir: str | None = None,
 ) -> dict:
     """Trials to success per seed, frames, wall time per trial, SB3's figures and the frame ratio.
 
     `jobs` > 1 runs that many seeds at once as Ray tasks, each with one torch thread (so wall times per trial
-    are those of one core, with the other jobs beside it); `address` runs them on that Ray cluster."""
+    are those of one core, with the other jobs beside it); `address` runs them on that Ray cluster. `runs_dir`
+    keeps the seeds' run directories there (otherwise in a temporary folder, removed at the end)."""
     if jobs < 1 or seeds < 1:
         raise ConfigError(f"--jobs and --seeds: must be >= 1, got {jobs} and {seeds}")
     overrides = [*overrides] + ([f"agent.controller={controller}"] if controller else [])
     agent_config = load_config(config, overrides).agent  # bad overrides fail here, before any seed runs
     per_seed = []
-    with tempfile.TemporaryDirectory() as runs_dir:
-        summaries = run_seeds(config, seeds, overrides, runs_dir, jobs, address)
+    with tempfile.TemporaryDirectory() as temporary:
+        summaries = run_seeds(config, seeds, overrides, runs_dir or temporary, jobs, address, keep=runs_dir is not None)
         for seed, summary in enumerate(summaries):
             per_seed.append({"seed": seed, "trials_to_success": summary["success_trial"],
                              "frames": summary["env_steps"], "wall_s": summary["wall_s"],

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="run the seeds on this Ray cluster (auto, HOST:PORT) instead of this machine")
     bench_ddm.add_argument("--no-model-quality", dest="model_quality", action="store_false",
                            help="skip the joint-vs-separate model comparison")
+    bench_ddm.add_argument("--runs-dir", default=None,
+                           help="keep each seed's run directory under this folder (default: a temporary one, removed; "
+                                "with --address, a folder of the node that ran the seed)")
     bench_ddm.add_argument("overrides", nargs="*",
                            help="key.sub=value overrides of configs/ddm_pendulum.yaml for every seed")
     bench_dqn = bench.add_parser("dqn", help="DQN env steps/s (one update per step) vs SB3's DQN, MinAtar Breakout")
