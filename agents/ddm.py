@@ -678,7 +678,8 @@ class Fit:
     """How the model is fitted to the trials before each controlled trial (the `fit:` block)."""
 
     refit_from_scratch: bool = False  # re-initialise the model before each fit (see the module docstring)
-    fits: int = 1  # models fitted from scratch each time; the one with the lowest pixel_score is kept
+    fits: int = 1  # models fitted from scratch each time; the one with the lowest pixel_score is kept (the fits run
+    # at once, one torch thread each, when the run has that many threads; each draws from its own seeded generator)
     updates: int = 600  # joint updates of a fit from scratch (after the random trials, or every refit)
     warm_updates: int = 300  # joint updates of a warm-started fit (refit_from_scratch false)
     batch_size: int = 16  # windows per joint update
