@@ -63,7 +63,7 @@ from torch import nn
 from agents.common.agent import play_episode
 from agents.common.config import ConfigError, RunConfig, at_least, config_class
 from agents.common.envs import env_fps, make_env
-from agents.common.run import Run, generator_state, rng_state, set_generator_state, set_rng_state
+from agents.common.run import Run, atomic_write, generator_state, rng_state, set_generator_state, set_rng_state
 from nets.ddm import DeepDynamicalModel, prediction_errors
 from nets.mlp import MLP
 
@@ -290,9 +290,9 @@ class DDMAgent:
                 for step in range(agent.cem.horizon - 1):
                     state = self.model.step(state, plans[:, step])
                     states.append(state)
-            path_histories = torch.stack(states, -3).reshape(-1, *histories.shape[-2:])  # (..., rows, steps) flat
-            path_actions = plans[:, 1:].expand(*torch.stack(states, -3).shape[:-2], plans.shape[-1])
-            path_actions = path_actions.reshape(-1, plans.shape[-1])
+            stacked = torch.stack(states, -3)  # ([members,] rows, steps, context, latent_dim)
+            path_histories = stacked.reshape(-1, *histories.shape[-2:])
+            path_actions = plans[:, 1:].expand(*stacked.shape[:-2], plans.shape[-1]).reshape(-1, plans.shape[-1])
         seconds = time.time() - started
         return {"train/imitation_loss": fit_to_labels(path_histories, path_actions),
                 "train/labels": float(len(self.teacher_labels)), "time/labelling_s": seconds}
@@ -537,10 +537,8 @@ def plot_spread(path: Path, out: Path) -> Path:
     axes.set_title("Where the ensemble disagrees")
     axes.legend(fontsize=7)
     figure.tight_layout()
-    partial = out.with_name(out.name + ".tmp.png")
-    figure.savefig(partial, dpi=100)
+    atomic_write(out, lambda file: figure.savefig(file, format="png", dpi=100))
     plt.close(figure)
-    partial.replace(out)
     return out
 
 
