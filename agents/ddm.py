@@ -191,7 +191,8 @@ class DDMAgent:
                                         ).to(self.device)
         self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=agent.fit.lr)
         self.policy_net = Policy(agent.model.context, agent.model.latent_dim, self.bound, agent.policy.hidden,
-                                 agent.policy.critic_hidden if agent.policy.value else None).to(self.device)
+                                 agent.policy.critic_hidden if agent.policy.value else None,
+                                 agent.policy.squash).to(self.device)
         self.policy_optimizer = torch.optim.Adam(self.policy_net.parameters(), lr=agent.policy.lr)
 
     # the trial loop --------------------------------------------------------------------------------------
@@ -845,17 +846,23 @@ class GradientShooting:
 class Policy(nn.Module):
     """A feedback policy on the latent history: `(..., context, latent_dim) -> (..., action_dim)` in the bound;
     with `critic_hidden`, also a learned value of a history (:meth:`value`, `(..., context, latent_dim) -> (...)`),
-    for `policy.value`."""
+    for `policy.value`.
+
+    `squash` maps the network's output into the bound: "sin" (`bound * sin(x)`, PILCO's saturating map) keeps
+    a gradient wherever the output lands; "tanh" has none once saturated, and a search through the model
+    pushes it there (full torque is the first thing that moves the pole), where it stays: the constant lean.
+    """
 
     def __init__(self, context: int, latent_dim: int, bound: torch.Tensor, hidden: list[int],
-                 critic_hidden: list[int] | None = None) -> None:
+                 critic_hidden: list[int] | None = None, squash: Literal["sin", "tanh"] = "sin") -> None:
         super().__init__()
         self.net = MLP(context * latent_dim, bound.numel(), hidden)
         self.critic = MLP(context * latent_dim, 1, critic_hidden) if critic_hidden is not None else None
         self.register_buffer("bound", bound.clone())
+        self.squash = torch.sin if squash == "sin" else torch.tanh
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
-        return self.bound * torch.tanh(self.net(history.flatten(-2)))
+        return self.bound * self.squash(self.net(history.flatten(-2)))
 
     def value(self, history: torch.Tensor) -> torch.Tensor:
         return self.critic(history.flatten(-2)).squeeze(-1)
@@ -891,6 +898,8 @@ class PolicySearch:
     policy from start histories drawn from the data."""
 
     hidden: list[int] = field(default_factory=lambda: [64, 64])  # policy MLP sizes
+    squash: Literal["sin", "tanh"] = "sin"  # the output's map into the bound (see Policy)
+    max_grad_norm: float = 1.0  # the search's gradients clipped to this norm (imagined returns are long chains)
     horizon: int = 30  # imagined steps per update
     batch: int = 256  # imagined rollouts per update (starts drawn from the data)
     updates: int = 200  # policy updates per trial
@@ -919,6 +928,8 @@ class PolicySearch:
         at_least(self, 0, "updates", "imitation_updates")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm: must be > 0, got {self.max_grad_norm}")
         for name in ("discount", "return_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
@@ -952,6 +963,7 @@ class PolicySearch:
             returns = imagined_return(model, policy, chosen, self.horizon)
             optimizer.zero_grad()
             (-returns.mean()).backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
             optimizer.step()
             value = float(returns.detach().mean())
         return value
@@ -975,5 +987,6 @@ class PolicySearch:
             parameter.grad = None
         critic_loss = 0.5 * ((policy.value(states[:, :-1].detach()) - returns.detach()) ** 2).mean()
         critic_loss.backward()
+        nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
         optimizer.step()
         return float(returns[:, 0].detach().mean())
