@@ -189,11 +189,11 @@ class DDMAgent:
         agent = self.config.agent
         self.model = DeepDynamicalModel(self.obs_shape, self.action_dim, self.bound.cpu(), **asdict(agent.model)
                                         ).to(self.device)
-        self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=agent.fit.lr)
+        self.model_optimizer = adam(self.model.parameters(), agent.fit.lr)
         self.policy_net = Policy(agent.model.context, agent.model.latent_dim, self.bound, agent.policy.hidden,
                                  agent.policy.critic_hidden if agent.policy.value else None,
                                  agent.policy.squash).to(self.device)
-        self.policy_optimizer = torch.optim.Adam(self.policy_net.parameters(), lr=agent.policy.lr)
+        self.policy_optimizer = adam(self.policy_net.parameters(), agent.policy.lr)
 
     # the trial loop --------------------------------------------------------------------------------------
     def train(self, run: Run) -> None:
@@ -482,6 +482,12 @@ class DDMAgent:
         set_rng_state(state["global_rng"])
 
 
+def adam(parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam as every DDM fit uses it: fused (one kernel for all parameters' updates, on CPU as on CUDA), which
+    takes a third of the time of the default per-parameter loop on the small networks here."""
+    return torch.optim.Adam(parameters, lr=lr, fused=True)
+
+
 @contextmanager
 def single_torch_thread() -> Iterator[None]:
     """torch's intra-op threads set to one for the block (parallel fits bring their own threads), then restored."""
@@ -736,7 +742,7 @@ class Fit:
         encoded once, with the same open-loop multi-step latent and reward losses as the joint fit."""
         latents = buffer.encoded(model)
         length = model.context + self.prediction_horizon
-        optimizer = torch.optim.Adam([*model.transition_net.parameters(), *model.reward_net.parameters()], lr=self.lr)
+        optimizer = adam([*model.transition_net.parameters(), *model.reward_net.parameters()], self.lr)
 
         def loss(windows: Windows, update: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             _, latent_error, reward_error = model.latent_losses(*windows)

@@ -138,6 +138,23 @@ def test_joint_training_loss_falls():
     assert loss.prediction_pixels.item() < 0.3 * first.prediction_pixels.item()
 
 
+@pytest.mark.parametrize("ensemble", [1, 3])
+def test_pixel_terms_are_each_frames_reconstruction_and_the_decoded_open_loop_prediction(ensemble):
+    """The loss decodes reconstructions and predictions in one pass; each term must still be its own mean."""
+    torch.manual_seed(0)
+    frames, actions, rewards = moving_dot_data(3, 7)
+    model = DeepDynamicalModel(OBS_SHAPE, 1, 1.0, latent_dim=2, encoder_hidden=(16,), ensemble=ensemble)
+    loss = model.loss(frames, actions, rewards)
+    images = frames.float() / 255
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    latents = model.encode(frames)
+    reconstruction = bce(model.decode(latents), images, reduction="none").sum((-3, -2, -1)).mean()
+    predicted = model.latent_losses(latents, actions, rewards)[0]  # (3, 5, 2): after the 2 context frames
+    prediction = bce(model.decode(predicted), images[:, 2:], reduction="none").sum((-3, -2, -1)).mean()
+    assert torch.allclose(loss.reconstruction, reconstruction) and torch.allclose(loss.prediction_pixels, prediction)
+    assert not torch.allclose(reconstruction, prediction)
+
+
 def test_stochastic_training_rollout_carries_the_means_and_scores_the_spread_against_their_error():
     torch.manual_seed(0)
     model = DeepDynamicalModel(OBS_SHAPE, 1, 2.0, latent_dim=3, context=2, encoder_hidden=(32,), stochastic=True,
