@@ -205,7 +205,10 @@ class DDMAgent:
             started = time.time()
             controlled = number > agent.random_trials
             losses = self.fit() if controlled else {}
+            acting = time.time()
             trial, success = self.play(env, seed=self.config.seed * 1000 + number - 1, controlled=controlled)
+            if controlled:
+                losses["time/acting_s"] = time.time() - acting
             self.record(run, trial, success, controlled, losses, time.time() - started)
             bar.set_postfix(ret=f"{self.returns[-1]:.1f}", success=success, refresh=False)
             bar.update(1)  # refreshes the bar with this trial's postfix
@@ -221,22 +224,27 @@ class DDMAgent:
         From scratch (`fit.refit_from_scratch`, and always right after the random trials, keeping the model
         made at construction for the first of those fits) or warm-started (the model keeps its weights and
         optimiser and gets `fit.warm_updates` updates). Then the transition and reward head alone on
-        frozen latents.
+        frozen latents. The losses include each phase's wall time (`time/fits_s`, `time/dynamics_s`, and
+        `time/policy_s` for the feedback policy).
         """
         agent = self.config.agent
+        started = time.time()
         buffer = TrialBuffer.of(self.trials, self.device)
         first = len(self.trials) == agent.random_trials
         if first or agent.fit.refit_from_scratch:
             losses = self.fit_from_scratch(buffer, keep_current=first)
         else:
             losses = agent.fit.joint(self.model, self.model_optimizer, buffer, agent.fit.warm_updates)
+        losses["time/fits_s"], started = time.time() - started, time.time()
         losses.update(agent.fit.dynamics(self.model, buffer))
+        losses["time/dynamics_s"], started = time.time() - started, time.time()
         if agent.controller == "policy":
             histories = self.latent_histories()
             if agent.policy.teacher == "cem":
                 losses.update(self.imitate_planner(histories))
             losses["train/imagined_return"] = agent.policy.improve(self.model, self.policy_net, self.policy_optimizer,
                                                                    histories)
+            losses["time/policy_s"] = time.time() - started
         return losses
 
     def imitate_planner(self, histories: torch.Tensor) -> dict[str, float]:

@@ -436,6 +436,13 @@ def test_tiny_trial_loop_logs_every_trial_and_records_predictions(tmp_path, over
     assert [int(row.split(",")[0]) for row in rows[1:]] == [20, 40, 60]
     numbers = [float(row.split(",")[header.index("trial/number")]) for row in rows[1:]]
     assert numbers == [1.0, 2.0, 3.0]
+    phases = ["time/fits_s", "time/dynamics_s", "time/acting_s"]
+    phases += ["time/policy_s"] if "policy" in overrides[0] else []
+    for row in rows[2:]:  # the controlled trials: each phase's seconds, together within the trial's
+        values = dict(zip(header, row.split(","), strict=True))
+        assert all(float(values[phase]) > 0 for phase in phases)
+        assert sum(float(values[phase]) for phase in phases) <= float(values["time/trial_s"])
+    assert rows[1].split(",")[header.index("time/acting_s")] == ""  # the random trial has no model phases
     random_trial = load_episode(run_dir / "episodes" / "ep_0000001.npz")  # played before any model was fitted
     assert int(random_trial["trial"]) == 1 and not bool(random_trial["model_fitted"])
     assert "reconstructions" not in random_trial and "predictions" not in random_trial
