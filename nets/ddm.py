@@ -248,7 +248,7 @@ class DeepDynamicalModel(nn.Module):
             prediction_latent = self.latent_losses(latents.detach(), actions, rewards, reward_mask)[1]
         # every frame's reconstruction and the predictions decoded in one pass (one set of larger matrix products)
         nll = _bernoulli_nll(self.decode(torch.cat([latents, predicted], 1)),
-                             torch.cat([images, images[:, self.context :]], 1), reduce=False)
+                             torch.cat([images, images[:, self.context :]], 1))
         reconstruction, prediction_pixels = nll[:, :length].mean(), nll[:, length:].mean()
         total = reconstruction + prediction_pixels + latent_weight * prediction_latent + reward_weight * reward_error
         return DDMLoss(total, reconstruction, prediction_pixels, prediction_latent, reward_error)
@@ -334,11 +334,9 @@ class DeepDynamicalModel(nn.Module):
         return torch.sigmoid(self.decode(self.encode(observations)))
 
 
-def _bernoulli_nll(logits: torch.Tensor, images: torch.Tensor, reduce: bool = True) -> torch.Tensor:
-    """Bernoulli NLL summed over pixels, averaged over all leading dims: `(..., C, H, W)` -> scalar (`reduce`),
-    or `(...)` per image."""
-    nll = F.binary_cross_entropy_with_logits(logits, images, reduction="none").sum((-3, -2, -1))
-    return nll.mean() if reduce else nll
+def _bernoulli_nll(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Bernoulli NLL of each image, summed over its pixels: `(..., C, H, W)` -> `(...)`."""
+    return F.binary_cross_entropy_with_logits(logits, images, reduction="none").sum((-3, -2, -1))
 
 
 def prediction_errors(
