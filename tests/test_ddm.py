@@ -317,6 +317,39 @@ def test_a_saturated_policy_recovers_with_sin_squashing_and_stays_stuck_with_tan
     assert (pushes_up and pushes_down) == (squash == "sin")
 
 
+class TwoGainModel(LinearModel):
+    """An ensemble toy of two members that disagree on the action's effect: z' = z + g a with g = 1 in member 0
+    and 3 in member 1; the reward -(z - 1)^2."""
+
+    ensemble = 2
+
+    def with_members(self, history: torch.Tensor) -> torch.Tensor:
+        return history.expand(2, *history.shape)
+
+    def members_mean(self, values: torch.Tensor) -> torch.Tensor:
+        return values.mean(0)
+
+    def step(self, history: torch.Tensor, action: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        gain = torch.tensor([1.0, 3.0]).view(2, *[1] * (action.dim() - 1))
+        return history + (gain * action).unsqueeze(-2)
+
+    def reward(self, latents: torch.Tensor) -> torch.Tensor:
+        return -((latents[..., 0] - 1.0) ** 2)
+
+
+def test_policy_search_through_an_ensemble_ascends_the_members_mean_return():
+    # One step from z: member 0 alone wants a = 1 - z, member 1 alone (1 - z) / 3, and their mean return
+    # -((z + a - 1)^2 + (z + 3a - 1)^2) / 2 peaks at a = 0.4 (1 - z): the policy must act for both at once.
+    torch.manual_seed(0)
+    policy = Policy(1, 1, torch.ones(1), [32])
+    starts = torch.empty(256, 1, 1).uniform_(-1, 1)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    PolicySearch(horizon=1, batch=128, updates=500).improve(TwoGainModel(), policy, optimizer, starts)
+    with torch.no_grad():
+        acted = policy(torch.tensor([[[-0.5]], [[0.0]], [[0.5]]])).flatten()
+    assert torch.allclose(acted, torch.tensor([0.6, 0.4, 0.2]), atol=0.03)
+
+
 def test_lambda_returns_are_n_step_returns_at_lambda_1_and_one_step_targets_at_0():
     rewards, values = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[9.0, 10.0, 20.0, 30.0]])
     full = lambda_returns(rewards, values, 0.5, 1.0)  # r_t + 0.5 r_t+1 + ... + 0.5^(H - t) v_H
