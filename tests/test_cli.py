@@ -102,6 +102,8 @@ def test_eval_prints_mean_and_spread_of_the_latest_checkpoint(tmp_path, capsys):
         (["train", "--resume", "."], "not a run directory (no config.yaml)"),
         (["bench", "ddm", "agent.planing_horizon=5"], "agent.planing_horizon: unknown key"),
         (["bench", "ddm", "agent.planning_horizon=5"], "agent.planning_horizon: this key is now agent.cem.horizon"),
+        (["bench", "ddm", "--config", "no_such"], "no_such: no such config file"),
+        (["bench", "ddm", "--config", "random_pendulum"], "random_pendulum: agent.kind: bench ddm runs the ddm agent"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expected):

@@ -242,6 +242,8 @@ def bench_ddm(
         raise ConfigError(f"--jobs and --seeds: must be >= 1, got {jobs} and {seeds}")
     overrides = [*overrides] + ([f"agent.controller={controller}"] if controller else [])
     agent_config = load_config(config, overrides).agent  # bad overrides fail here, before any seed runs
+    if agent_config.kind != "ddm":
+        raise ConfigError(f"{config}: agent.kind: bench ddm runs the ddm agent, got {agent_config.kind!r}")
     per_seed = []
     with tempfile.TemporaryDirectory() as temporary:
         summaries = run_seeds(config, seeds, overrides, runs_dir or temporary, jobs, address, keep=runs_dir is not None)

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_envs = bench.add_parser("envs", help="batched pixel pendulum vs Gymnasium's Pendulum-v1 + pygame + resize")
     bench_ddm = bench.add_parser("ddm", help="DDM agent: trials to success over seeds, frames vs SB3 PPO")
     bench_ddm.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    bench_ddm.add_argument("--config", default="ddm_pendulum",
+                           help="a DDM recipe name in configs/ or a YAML path (default ddm_pendulum)")
     bench_ddm.add_argument("--controller", choices=("cem", "gradient", "policy"), default=None,
                            help="override the config's controller")
     bench_ddm.add_argument("--rerun-sb3", action="store_true",
@@ -96,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="keep each seed's run directory under this folder (default: a temporary one, removed; "
                                 "with --address, a folder of the node that ran the seed)")
     bench_ddm.add_argument("overrides", nargs="*",
-                           help="key.sub=value overrides of configs/ddm_pendulum.yaml for every seed")
+                           help="key.sub=value overrides of the config for every seed")
     bench_dqn = bench.add_parser("dqn", help="DQN env steps/s (one update per step) vs SB3's DQN, MinAtar Breakout")
     bench_dqn.add_argument("--steps", type=int, default=3000, help="env steps timed, each with an update")
     bench_dqn.add_argument("--warmup", type=int, default=1000, help="random steps first, filling the replay")
