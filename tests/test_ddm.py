@@ -317,17 +317,9 @@ def test_a_saturated_policy_recovers_with_sin_squashing_and_stays_stuck_with_tan
     assert (pushes_up and pushes_down) == (squash == "sin")
 
 
-class TwoGainModel(LinearModel):
+class TwoGainModel(SplitModel):
     """An ensemble toy of two members that disagree on the action's effect: z' = z + g a with g = 1 in member 0
     and 3 in member 1; the reward -(z - 1)^2."""
-
-    ensemble = 2
-
-    def with_members(self, history: torch.Tensor) -> torch.Tensor:
-        return history.expand(2, *history.shape)
-
-    def members_mean(self, values: torch.Tensor) -> torch.Tensor:
-        return values.mean(0)
 
     def step(self, history: torch.Tensor, action: torch.Tensor, sample: bool = False) -> torch.Tensor:
         gain = torch.tensor([1.0, 3.0]).view(2, *[1] * (action.dim() - 1))
