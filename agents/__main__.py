@@ -1,5 +1,5 @@
 import sys
 
-from agents.common.cli import main
+from agents.cli import main
 
 sys.exit(main())

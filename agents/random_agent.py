@@ -4,19 +4,16 @@ example of the agent protocol (config, train loop with logging, recording and ch
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.common.agent import Every
-from agents.common.config import RunConfig, at_least
-from agents.common.envs import env_fps, make_env, make_vec_env
-from agents.common.run import EpisodeRecorder, Run, generator_state, set_generator_state
-
-RECENT_EPISODES = 10  # mean_return in summary.json is over this many last episodes
+from agents.core.config import RunConfig, at_least
+from agents.core.envs import env_fps, make_env, make_vec_env
+from agents.core.episodes import EpisodeStats
+from agents.core.run import EpisodeRecorder, Every, Run, generator_state, set_generator_state
 
 
 @dataclass
@@ -30,14 +27,27 @@ class Config:
 
 class RandomAgent:
     Config = Config
+    # A sweep ranks trials by mean_return; a baseline that does not learn is not stopped early.
+    metric, metric_mode, early_stopping, distributed = "mean_return", "max", False, False
+
+    @classmethod
+    def check(cls, config: RunConfig) -> None:
+        """Nothing beyond the config's own validation."""
+
+    @classmethod
+    def pbt_mutations(cls, config: RunConfig) -> dict:
+        return {}  # nothing to tune
 
     def __init__(self, config: RunConfig, device: torch.device) -> None:
         self.config = config
         self.rng = np.random.default_rng(config.seed)
         self.env_steps = 0
-        self.episodes = 0
-        self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
+        self.stats = EpisodeStats()  # training episodes: rollout/* metrics, summary.json
         self.action_space: gym.Space | None = None
+
+    @property
+    def episodes(self) -> int:
+        return self.stats.episodes
 
     def sample(self, space: gym.Space, count: int) -> np.ndarray:
         """``count`` uniform actions from this agent's own generator (a resumed run keeps its stream)."""
@@ -68,16 +78,11 @@ class RandomAgent:
             episode.step(action[0], reward[0], obs[0], restarted=env0_resetting)
             env0_resetting = bool(terminated[0] or truncated[0])  # NEXT_STEP autoreset: the next step only resets
             if "episode" in info:
-                for index in np.flatnonzero(info["_episode"]):
-                    self.episodes += 1
-                    self.recent_returns.append(float(info["episode"]["r"][index]))
-                    if index == 0:
-                        run.record_episode({**episode.arrays(), "episode": self.episodes, "fps": fps})
-                bar.set_postfix(episodes=self.episodes, ret=f"{self.mean_return():.1f}", refresh=False)
+                if 0 in self.stats.add_vector_info(info, self.env_steps):
+                    run.record_episode({**episode.arrays(), "episode": self.stats.episodes, "fps": fps})
+                bar.set_postfix(episodes=self.stats.episodes, ret=f"{self.stats.mean_return():.1f}", refresh=False)
             if log_due(self.env_steps):
-                run.log(self.env_steps, {"rollout/ep_return": self.mean_return(),
-                                         "rollout/episodes": self.episodes,
-                                         "time/fps": run.steps_per_second(self.env_steps)})
+                run.log(self.env_steps, {**self.stats.metrics(), "time/fps": run.steps_per_second(self.env_steps)})
             if run.checkpoint_due(self.env_steps):
                 run.save_checkpoint(self.state_dict(), self.env_steps)
         bar.close()
@@ -85,14 +90,10 @@ class RandomAgent:
         run.save_checkpoint(self.state_dict(), self.env_steps)
 
     def summary(self) -> dict:
-        return {"env_steps": self.env_steps, "episodes": self.episodes, "mean_return": self.mean_return()}
+        return {"env_steps": self.env_steps, **self.stats.summary()}
 
     def outcome(self) -> str:
-        return (f"mean return {self.mean_return():.2f} over the last {len(self.recent_returns)} episodes "
-                f"({self.env_steps:,} env steps)")
-
-    def mean_return(self) -> float:
-        return float(np.mean(self.recent_returns)) if self.recent_returns else float("nan")
+        return f"{self.stats.outcome()} ({self.env_steps:,} env steps)"
 
     def reset(self) -> None:
         """Nothing to forget between episodes."""
@@ -103,11 +104,9 @@ class RandomAgent:
         return self.sample(self.action_space, 1)[0]
 
     def state_dict(self) -> dict:
-        return {"env_steps": self.env_steps, "episodes": self.episodes,
-                "recent_returns": list(self.recent_returns), "rng": generator_state(self.rng)}
+        return {"env_steps": self.env_steps, **self.stats.state_dict(), "rng": generator_state(self.rng)}
 
     def load_state_dict(self, state: dict) -> None:
         self.env_steps = int(state["env_steps"])
-        self.episodes = int(state["episodes"])
-        self.recent_returns = deque(state["recent_returns"], maxlen=RECENT_EPISODES)
+        self.stats.load_state_dict(state)
         set_generator_state(self.rng, state["rng"])

@@ -39,12 +39,10 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from agents.common.agent import EVAL_SEED_OFFSET, Every, evaluate
-from agents.common.config import ConfigError, RunConfig, at_least
-from agents.common.envs import env_fps, make_env
-from agents.common.run import Run, generator_state, rng_state, set_generator_state, set_rng_state
-
-RECENT_EPISODES = 10  # mean_return / rollout/success are over this many last episodes
+from agents.core.config import ConfigError, RunConfig, at_least
+from agents.core.envs import env_fps, make_env
+from agents.core.episodes import EVAL_SEED_OFFSET, EpisodeStats, evaluate
+from agents.core.run import Every, Run, generator_state, rng_state, set_generator_state, set_rng_state
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "dqn": DQN}
 ACTION_SPACES: dict[str, tuple[type[gym.Space], ...]] = {
@@ -139,6 +137,16 @@ class SB3Agent:
     """An SB3 model trained on ``env.num_envs`` envs of ``config.env`` (see the module docstring)."""
 
     Config = Config
+    # A sweep ranks trials by mean_return; ASHA may stop a poor one early (it logs rollout/ep_return as it learns).
+    metric, metric_mode, early_stopping, distributed = "mean_return", "max", True, False
+
+    @classmethod
+    def check(cls, config: RunConfig) -> None:
+        """Nothing beyond the config's own validation (SB3 checks the algorithm against the env when made)."""
+
+    @classmethod
+    def pbt_mutations(cls, config: RunConfig) -> dict:
+        return {}  # no population-based training of SB3 models (yet)
 
     def __init__(self, config: RunConfig, device: torch.device) -> None:
         self.config = config
@@ -163,14 +171,15 @@ class SB3Agent:
             raise ConfigError(f"agent: {agent.algo} rejects this config or env: {err}") from None
         # No SB3 output: metrics go to the run directory; SB3's train/* values are read from name_to_value.
         self.model.set_logger(Logger(folder=None, output_formats=[]))
-        self.episodes = 0
-        self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
-        self.recent_successes: deque[float] = deque(maxlen=RECENT_EPISODES)
-        self.first_training_success_step: int | None = None  # env steps when a training episode first succeeded
+        self.stats = EpisodeStats()  # training episodes: rollout/* metrics, summary.json
         self.first_eval_success_step: int | None = None  # env steps at the first evaluation with a success
         self.last_eval: dict[str, float] = {}
         self.stack: deque[np.ndarray] = deque(maxlen=agent.frame_stack)
         self.eval_env: gym.Env | None = None
+
+    @property
+    def episodes(self) -> int:
+        return self.stats.episodes
 
     @property
     def env_steps(self) -> int:
@@ -193,25 +202,21 @@ class SB3Agent:
         self.vec_env.close()
 
     def summary(self) -> dict:
-        result = {"env_steps": self.env_steps, "episodes": self.episodes, "mean_return": self.mean_return(),
-                  "eval_return": self.last_eval.get("eval/return")}
+        result = {"env_steps": self.env_steps, **self.stats.summary(), "eval_return": self.last_eval.get("eval/return")}
         if "eval/success" in self.last_eval:
             result.update({"eval_success": self.last_eval["eval/success"],
-                           "frames_to_first_success": self.first_eval_success_step,
-                           "frames_to_first_training_success": self.first_training_success_step})
+                           "eval_frames_to_first_success": self.first_eval_success_step})
         return result
 
     def outcome(self) -> str:
-        line = (f"mean return {self.mean_return():.2f} over the last {len(self.recent_returns)} training episodes, "
-                f"{self.last_eval.get('eval/return', float('nan')):.2f} evaluated ({self.env_steps:,} env steps)")
+        line = (f"mean return {self.stats.mean_return():.2f} over the last {len(self.stats.returns)} training "
+                f"episodes, {self.last_eval.get('eval/return', float('nan')):.2f} evaluated ({self.env_steps:,} env "
+                "steps)")
         if "eval/success" in self.last_eval:
             first = self.first_eval_success_step
             line += (f"; first evaluated success at {first:,} env steps" if first is not None
                      else "; no evaluated success")
         return line
-
-    def mean_return(self) -> float:
-        return float(np.mean(self.recent_returns)) if self.recent_returns else float("nan")
 
     def evaluate_and_track(self) -> dict[str, float]:
         """Evaluate now, remember the first success, and return the eval/* metrics."""
@@ -250,10 +255,7 @@ class SB3Agent:
             "sb3_episodes": int(self.model._episode_num),
             "n_updates": int(getattr(self.model, "_n_updates", 0)),
             "n_calls": int(getattr(self.model, "_n_calls", 0)),  # DQN's target-update clock
-            "episodes": self.episodes,
-            "recent_returns": list(self.recent_returns),
-            "recent_successes": list(self.recent_successes),
-            "first_training_success_step": _encode_step(self.first_training_success_step),
+            **self.stats.state_dict(),
             "first_eval_success_step": _encode_step(self.first_eval_success_step),
             "rng": rng_state(),
             "action_space_rng": generator_state(self.model.action_space.np_random),
@@ -270,10 +272,9 @@ class SB3Agent:
             self.model._n_updates = int(state["n_updates"])
         if hasattr(self.model, "_n_calls"):
             self.model._n_calls = int(state["n_calls"])
-        self.episodes = int(state["episodes"])
-        self.recent_returns = deque(state["recent_returns"], maxlen=RECENT_EPISODES)
-        self.recent_successes = deque(state["recent_successes"], maxlen=RECENT_EPISODES)
-        self.first_training_success_step = _decode_step(state["first_training_success_step"])
+        if "first_training_success_step" in state:  # checkpoints before 2026-12-06 kept it under this name
+            state = {**state, "first_success_step": state["first_training_success_step"]}
+        self.stats.load_state_dict(state)
         self.first_eval_success_step = _decode_step(state["first_eval_success_step"])
         set_rng_state(state["rng"])
         set_generator_state(self.model.action_space.np_random, state["action_space_rng"])
@@ -330,18 +331,14 @@ class RunCallback(BaseCallback):
         return steps < agent.config.agent.total_steps
 
     def end_episode(self, index: int, info: Mapping[str, Any]) -> None:
-        agent = self.agent
-        agent.episodes += 1
-        agent.recent_returns.append(float(info["episode"]["r"]))
-        if "is_success" in info:  # the env's word on the episode, read on its last step
-            success = bool(info["is_success"])
-            agent.recent_successes.append(float(success))
-            if success and agent.first_training_success_step is None:
-                agent.first_training_success_step = self.num_timesteps
+        stats = self.agent.stats
+        # the env's word on the episode, read on its last step
+        stats.add(float(info["episode"]["r"]), bool(info["is_success"]) if "is_success" in info else None,
+                  self.num_timesteps)
         if index == 0:
             self.frames.append(self.newest_frame(info["terminal_observation"]))
-            self.record_env0(agent.episodes)
-        self.bar.set_postfix(episodes=agent.episodes, ret=f"{agent.mean_return():.1f}", refresh=False)
+            self.record_env0(stats.episodes)
+        self.bar.set_postfix(episodes=stats.episodes, ret=f"{stats.mean_return():.1f}", refresh=False)
 
     def record_env0(self, episode: int) -> None:
         discrete = isinstance(self.model.action_space, gym.spaces.Discrete)
@@ -352,10 +349,7 @@ class RunCallback(BaseCallback):
 
     def rollout_metrics(self, steps: int) -> dict[str, float]:
         agent = self.agent
-        metrics = {"rollout/ep_return": agent.mean_return(), "rollout/episodes": agent.episodes,
-                   "time/fps": self.run.steps_per_second(steps)}
-        if agent.recent_successes:
-            metrics["rollout/success"] = float(np.mean(agent.recent_successes))
+        metrics = {**agent.stats.metrics(), "time/fps": self.run.steps_per_second(steps)}
         # SB3 records its losses (train/loss, train/entropy_loss, ...) in the logger after each update.
         metrics.update({key: float(value) for key, value in self.model.logger.name_to_value.items()
                         if key.startswith("train/") and isinstance(value, (int, float, np.number))})

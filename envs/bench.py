@@ -13,6 +13,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from envs.external import headless_sdl_video
+from envs.pendulum import PixelPendulumVectorEnv
+
 
 def _frames_per_second(step: Callable[[], int], seconds: float, synchronize: Callable[[], None]) -> float:
     """Call ``step`` (which returns the frames it made) for about ``seconds`` after one warm-up call."""
@@ -31,7 +34,6 @@ def _baseline(seconds: float, image_size: int) -> dict:
     import gymnasium as gym
     from gymnasium.wrappers import AddRenderObservation, GrayscaleObservation, ResizeObservation
 
-    from envs.external import headless_sdl_video
 
     # Gymnasium's renderer starts SDL's video, which on a machine without a desktop prints an
     # XDG_RUNTIME_DIR error; the frames go to plain surfaces either way, so the speed is the same.
@@ -54,7 +56,6 @@ def _baseline(seconds: float, image_size: int) -> dict:
 
 
 def _batched(seconds: float, batch_size: int, image_size: int, backend: str, device: str | None) -> dict:
-    from envs.pendulum import PixelPendulumVectorEnv
 
     env = PixelPendulumVectorEnv(
         num_envs=batch_size, image_size=image_size, backend=backend, device=device, max_episode_steps=100

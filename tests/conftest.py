@@ -1,12 +1,18 @@
 """Fixtures shared by the test modules."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from agents.tune.cluster import start_ray, stop_ray
+
 # Ray reads this when it is first imported: every Ray the tests start listens on 127.0.0.1 only.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# test_dqn.py's DotEnv is made by the id "test_dqn:test/Dot-v0" in the DQN, Ape-X and PBT tests: importable from any.
+sys.path.insert(0, str(Path(__file__).parent / "dqn"))
 
 
 @pytest.fixture
@@ -21,7 +27,6 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def local_ray():
     """An embedded 2-CPU Ray shared by a test module's sweeps and tasks, shut down after the module."""
-    from agents.common.cluster import start_ray, stop_ray
 
     start_ray(num_cpus=2)
     yield

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.common.cli import main
-from agents.common.run import checkpoint_paths
+from agents.cli import main
+from agents.core.run import checkpoint_paths
 
 
 def pixelpilot(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from agents.common.cli import main
-from agents.common.config import ConfigError, load_config
-from agents.common.run import Run, checkpoint_paths, load_checkpoint, load_episode
+from agents.cli import main
+from agents.core.config import ConfigError, load_config
+from agents.core.run import Run, checkpoint_paths, load_checkpoint, load_episode
 from agents.sb3 import SB3Agent
 
 # A few hundred pendulum steps on 2 envs: 100-step episodes, short rollouts, one evaluation episode.
@@ -37,7 +37,7 @@ def test_train_writes_summary_checkpoint_metrics_and_episodes(tmp_path, capsys, 
     assert summary["env_steps"] == 256  # stopped exactly at the budget, not at the end of a rollout
     assert summary["episodes"] == 2  # 2 envs x 128 steps: one finished 100-step episode each
     assert -1700 < summary["mean_return"] < 0
-    assert summary["eval_success"] == 0.0 and summary["frames_to_first_success"] is None
+    assert summary["eval_success"] == 0.0 and summary["eval_frames_to_first_success"] is None
     payload = load_checkpoint(checkpoint_paths(run_dir)[-1])  # torch.load(weights_only=True)
     assert payload["step"] == 256 and payload["agent"]["num_timesteps"] == 256
     header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")

@@ -1,0 +1,82 @@
+"""Making an agent's envs from its config: one env, the vector env, and the env's frame rate.
+
+``env.discrete_actions`` turns a continuous (Box) env into a discrete one for value-based agents: action ``i``
+is the i-th entry of the list (Gymnasium's ``TransformAction``, single or vector).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import gymnasium as gym
+import numpy as np
+
+import envs  # noqa: F401  (registers pixelpilot/...)
+from agents.core.config import ConfigError, RunConfig
+
+
+def make_env(config: RunConfig, render_mode: str | None = None) -> gym.Env:
+    """One env as the config describes it; a bad id or kwarg is a ConfigError naming env.id/env.kwargs."""
+    kwargs = dict(config.env.kwargs)
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    try:
+        env = gym.make(config.env.id, **kwargs)
+    except gym.error.Error as err:
+        raise ConfigError(f"env.id: {err}") from None
+    except TypeError as err:
+        raise ConfigError(f"env.kwargs: {err}") from None
+    if config.env.discrete_actions is None:
+        return env
+    table = action_table(config.env.discrete_actions, env.action_space)
+    return gym.wrappers.TransformAction(env, lambda index: table[index], gym.spaces.Discrete(len(table)))
+
+
+def make_vec_env(config: RunConfig) -> gym.vector.VectorEnv:
+    """``env.num_envs`` envs stepped together; the env's own batched implementation when it has one.
+
+    An id "module:Env-v0" imports the module first, which registers the env, as gymnasium.make does."""
+    module, _, env_id = config.env.id.rpartition(":")
+    try:
+        if module:
+            importlib.import_module(module)
+        spec = gym.spec(env_id)
+    except (gym.error.Error, ImportError) as err:
+        raise ConfigError(f"env.id: {err}") from None
+    mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
+    try:
+        vec = gym.make_vec(env_id, num_envs=config.env.num_envs, vectorization_mode=mode, **config.env.kwargs)
+    except TypeError as err:
+        raise ConfigError(f"env.kwargs: {err}") from None
+    if config.env.discrete_actions is None:
+        return vec
+    table = action_table(config.env.discrete_actions, vec.single_action_space)
+    single = gym.spaces.Discrete(len(table))
+    return gym.wrappers.vector.TransformAction(vec, lambda indices: table[np.asarray(indices)],
+                                               gym.vector.utils.batch_space(single, vec.num_envs), single)
+
+
+def action_table(actions: list, space: gym.Space) -> np.ndarray:
+    """``env.discrete_actions`` as a ``(n, *action_shape)`` array of the Box's dtype, checked against its bounds.
+
+    Each entry is a number (for a one-dimensional action) or a list of one number per action dimension.
+    """
+    if not isinstance(space, gym.spaces.Box):
+        raise ConfigError(f"env.discrete_actions: only for a continuous (Box) action space, got {space}")
+    try:
+        table = np.asarray(actions, dtype=space.dtype).reshape(len(actions), *space.shape)
+    except (TypeError, ValueError):
+        raise ConfigError(f"env.discrete_actions: expected {len(actions)} actions of shape {space.shape}, "
+                          f"got {actions!r}") from None
+    if len(table) < 2:
+        raise ConfigError(f"env.discrete_actions: needs at least two actions, got {actions!r}")
+    outside = ~np.all((table >= space.low) & (table <= space.high), axis=tuple(range(1, table.ndim)))
+    if outside.any():
+        raise ConfigError(f"env.discrete_actions: {table[outside][0].tolist()} is outside the action space "
+                          f"[{space.low.tolist()}, {space.high.tolist()}]")
+    return table
+
+
+def env_fps(env: gym.Env | gym.vector.VectorEnv) -> float:
+    """The env's real frame rate (its ``render_fps``), 30 if it does not say."""
+    return float(env.metadata.get("render_fps") or 30)

@@ -1,0 +1,163 @@
+"""The feedback policy (a small MLP on the latent history) and its search by back-propagating imagined returns
+through the learned model (`policy:`, :class:`PolicySearch`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from agents.core.config import ConfigError, at_least
+from nets.ddm import DeepDynamicalModel
+from nets.mlp import MLP
+
+
+class Policy(nn.Module):
+    """A feedback policy on the latent history: `(..., context, latent_dim) -> (..., action_dim)` in the bound;
+    with `critic_hidden`, also a learned value of a history (:meth:`value`, `(..., context, latent_dim) -> (...)`),
+    for `policy.value`.
+
+    `squash` maps the network's output into the bound: "sin" (`bound * sin(x)`, PILCO's saturating map) keeps
+    a gradient wherever the output lands; "tanh" has none once saturated, and a search through the model
+    pushes it there (full torque is the first thing that moves the pole), where it stays: the constant lean.
+    """
+
+    def __init__(self, context: int, latent_dim: int, bound: torch.Tensor, hidden: list[int],
+                 critic_hidden: list[int] | None = None, squash: Literal["sin", "tanh"] = "sin") -> None:
+        super().__init__()
+        self.net = MLP(context * latent_dim, bound.numel(), hidden)
+        self.critic = MLP(context * latent_dim, 1, critic_hidden) if critic_hidden is not None else None
+        self.register_buffer("bound", bound.clone())
+        self.squash = torch.sin if squash == "sin" else torch.tanh
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        return self.bound * self.squash(self.net(history.flatten(-2)))
+
+    def value(self, history: torch.Tensor) -> torch.Tensor:
+        return self.critic(history.flatten(-2)).squeeze(-1)
+
+
+def lambda_returns(rewards: torch.Tensor, values: torch.Tensor, discount: float, lam: float) -> torch.Tensor:
+    """TD(lambda) targets of an imagined rollout (Dreamer's V_lambda): `G_t = r_t + discount ((1 - lam) v_{t+1} +
+    lam G_{t+1})`, `G_H = v_H`. Shapes: `rewards (batch, H)` (r_t: the reward of step t), `values (batch, H + 1)`
+    (v_t: the value of the state before step t) -> `(batch, H)`."""
+    returns, following = [], values[:, -1]
+    for step in reversed(range(rewards.shape[1])):
+        following = rewards[:, step] + discount * ((1 - lam) * values[:, step + 1] + lam * following)
+        returns.append(following)
+    return torch.stack(returns[::-1], 1)
+
+
+def imagined_return(model: DeepDynamicalModel, policy: Policy, histories: torch.Tensor, horizon: int) -> torch.Tensor:
+    """Summed predicted rewards of `policy` acting for `horizon` steps in the model from each history.
+
+    Shapes: `histories (batch, context, latent_dim)` -> `(batch,)` (an ensemble's: the members' mean).
+    """
+    histories = model.with_members(histories)
+    total = torch.zeros(histories.shape[:-2], device=histories.device)
+    for _ in range(horizon):
+        histories = model.step(histories, policy(histories), sample=True)
+        total = total + model.reward(histories[..., -1, :])
+    return model.members_mean(total)
+
+
+@dataclass
+class PolicySearch:
+    """Policy search through the model (the `policy:` block): ascend the imagined return of the feedback
+    policy from start histories drawn from the data."""
+
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # policy MLP sizes
+    squash: Literal["sin", "tanh"] = "sin"  # the output's map into the bound (see Policy)
+    max_grad_norm: float = 1.0  # the search's gradients clipped to this norm (imagined returns are long chains)
+    horizon: int = 30  # imagined steps per update
+    batch: int = 256  # imagined rollouts per update (starts drawn from the data)
+    updates: int = 200  # policy updates per trial
+    lr: float = 3e-3  # Adam learning rate of the policy
+    # teacher "cem": before the search, the policy imitates the CEM planner (the cem: block) on the agent's own
+    # states (DAgger, Ross et al. 2011; the supervised half of guided policy search): after each fit the planner
+    # labels `labels` not yet labelled states of the newest trials (the states the policy itself visited), and
+    # the policy is fitted to every label so far (re-encoded by the new model) in `imitation_updates` steps
+    teacher: Literal["none", "cem"] = "none"
+    labels: int = 100  # states the planner labels per trial (each costs one CEM plan)
+    # path_labels: each new label's plan also labels the states along its own imagined path with the plan's
+    # actions there (horizon - 1 more labels per plan, in the latent space of this fit only): the states the
+    # planner means to pass, the pole's hold near upright among them, before the policy has ever got there
+    path_labels: bool = False
+    imitation_updates: int = 500  # full-batch Adam steps on the labels, before the `updates` of the search
+    # value: a critic learns the discounted value of the policy's histories from lambda-returns of the imagined
+    # rollouts, and the search ascends those returns (Dreamer, Hafner et al. 2020), so what lies past the
+    # horizon (holding the pole up, or losing it) counts too; false: the summed rewards of `horizon` steps
+    value: bool = False
+    critic_hidden: list[int] = field(default_factory=lambda: [64, 64])  # critic MLP sizes (value: true)
+    discount: float = 0.99  # per imagined step (value: true)
+    return_lambda: float = 0.95  # the lambda of the lambda-returns (value: true)
+
+    def validate(self) -> None:
+        at_least(self, 1, "horizon", "batch", "labels")
+        at_least(self, 0, "updates", "imitation_updates")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm: must be > 0, got {self.max_grad_norm}")
+        for name in ("discount", "return_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+
+    def imitate(self, policy: Policy, optimizer: torch.optim.Optimizer, histories: torch.Tensor,
+                actions: torch.Tensor) -> float:
+        """`imitation_updates` steps of `policy` towards the teacher's `actions` on `histories` (squared error in
+        units of the bound). Shapes: `histories (N, context, latent_dim)`, `actions (N, action_dim)`. Returns
+        the last step's loss."""
+        value = float("nan")
+        for _ in range(self.imitation_updates):
+            loss = (((policy(histories) - actions) / policy.bound) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            value = float(loss.detach())
+        return value
+
+    def improve(self, model: DeepDynamicalModel, policy: Policy, optimizer: torch.optim.Optimizer,
+                starts: torch.Tensor) -> float:
+        """`updates` updates of `policy` (the model is not updated: only the policy is in `optimizer`).
+
+        Shapes: `starts (N, context, latent_dim)`. Returns the mean imagined return of the last update.
+        """
+        value = float("nan")
+        for _ in range(self.updates):
+            chosen = starts[torch.randint(0, starts.shape[0], (self.batch,), device=starts.device)]
+            if self.value:
+                value = self.actor_critic_update(model, policy, optimizer, chosen)
+                continue
+            returns = imagined_return(model, policy, chosen, self.horizon)
+            optimizer.zero_grad()
+            (-returns.mean()).backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
+            optimizer.step()
+            value = float(returns.detach().mean())
+        return value
+
+    def actor_critic_update(self, model: DeepDynamicalModel, policy: Policy, optimizer: torch.optim.Optimizer,
+                            starts: torch.Tensor) -> float:
+        """One update of `value: true`: the policy acts `horizon` steps in the model from `starts`; the actor
+        ascends the mean lambda-return (through the model), the critic regresses each imagined history's value
+        on its lambda-return (no gradient into the rollout). Returns the mean lambda-return from the starts."""
+        histories, rewards = [model.with_members(starts)], []
+        for _ in range(self.horizon):
+            histories.append(model.step(histories[-1], policy(histories[-1]), sample=True))
+            rewards.append(model.reward(histories[-1][..., -1, :]))
+        # (batch, horizon + 1, context, latent_dim); an ensemble's members' rollouts side by side in the batch
+        states = torch.stack(histories, -3).reshape(-1, self.horizon + 1, *starts.shape[-2:])
+        rewards = torch.stack(rewards, -1).reshape(-1, self.horizon)
+        returns = lambda_returns(rewards, policy.value(states), self.discount, self.return_lambda)
+        optimizer.zero_grad()
+        (-returns.mean()).backward()
+        for parameter in policy.critic.parameters():  # the actor's loss reaches the critic: not its gradient
+            parameter.grad = None
+        critic_loss = 0.5 * ((policy.value(states[:, :-1].detach()) - returns.detach()) ** 2).mean()
+        critic_loss.backward()
+        nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
+        optimizer.step()
+        return float(returns[:, 0].detach().mean())

@@ -1,0 +1,65 @@
+"""`pixelpilot bench dqn`: env steps per second of pixelpilot's DQN against Stable-Baselines3's DQN, same run.
+
+Both train on MinAtar Breakout with the same network (the MinAtar paper's, conv 16 -> dense 128 -> Q), batch
+size, one update per env step, replay size and target-update period (configs/dqn_minatar_breakout.yaml and
+configs/sb3_dqn_minatar_breakout.yaml), on one env, one after the other in this process. The rate counts only
+the steps after learning starts (each with its update), timed from the run directory's metrics rows, which both
+agents log the same way; `ratio` = ours / SB3's.
+
+The result also holds the replay's bytes per stored frame, and what a 1M-transition Atari replay (84x84 frames,
+4 stacked) takes stored this way against SB3's stacked storage.
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from agents.core.agent import train
+from agents.core.bench import hardware
+from agents.core.config import ConfigError, load_config
+from agents.dqn.replay import FrameReplay
+
+OURS = "dqn_minatar_breakout"
+SB3 = "sb3_dqn_minatar_breakout"
+ATARI_FRAME = (1, 84, 84)
+
+
+def bench_dqn(steps: int = 3_000, warmup: int = 1_000, device: str = "cpu", overrides: Sequence[str] = ()) -> dict:
+    """Env steps per second of both DQNs over `steps` env steps with updates, after `warmup` steps of random
+    acting that fill the replay. `overrides` (key=value) apply to our agent only (e.g. agent.batch_size=64)."""
+    if steps < 100 or warmup < 100:
+        raise ConfigError(f"--steps and --warmup: must be >= 100, got {steps} and {warmup}")
+    ours = measure(OURS, [f"agent.learning_starts={warmup}", f"agent.total_steps={warmup + steps}",
+                          f"train.log_every={warmup}", f"train.device={device}", *overrides], warmup)
+    sb3 = measure(SB3, [f"agent.algo_kwargs.learning_starts={warmup}", f"agent.total_steps={warmup + steps}",
+                        f"train.log_every={warmup}", f"train.device={device}", f"agent.eval_every={10 * steps}"],
+                  warmup)
+    config = load_config(OURS, list(overrides))
+    replay = FrameReplay.required_bytes(config.agent.replay.capacity, 1, (4, 10, 10))
+    atari = FrameReplay.required_bytes(1_000_000, 1, ATARI_FRAME)
+    return {
+        "env": config.env.id, "steps": steps, "warmup": warmup, "device": device, "overrides": list(overrides),
+        "ours_steps_per_s": ours, "sb3_steps_per_s": sb3,
+        "replay_bytes_per_frame": replay / config.agent.replay.capacity,
+        "atari_1m_replay_gb": atari / 1e9,
+        "sb3_atari_1m_replay_gb": 1_000_000 * 4 * 84 * 84 / 1e9,  # stacks, optimize_memory_usage (obs only once)
+        "hardware": {**hardware(), **({"gpu": torch.cuda.get_device_name(0)} if device.startswith("cuda") else {})},
+        "ratio": ours / sb3,
+    }
+
+
+def measure(recipe: str, overrides: Sequence[str], warmup: int) -> float:
+    """Train `recipe` in a temporary run directory; env steps per second from the first logged row at or after
+    `warmup` steps to the last one."""
+    with tempfile.TemporaryDirectory() as runs_dir:
+        run_dir = train(load_config(recipe, [*overrides, f"train.runs_dir={runs_dir}"]), quiet=True)
+        with open(Path(run_dir) / "metrics.csv", newline="") as file:
+            rows = [(int(row["step"]), float(row["wall_s"])) for row in csv.DictReader(file)]
+    rows = [row for row in rows if row[0] >= warmup]
+    (first_step, first_wall), (last_step, last_wall) = rows[0], rows[-1]
+    return (last_step - first_step) / (last_wall - first_wall)

@@ -1,0 +1,91 @@
+"""Learning curves: seeds grouped by config name, per-trial panel for trial agents, bad input -> exit 2."""
+
+import csv
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import yaml
+
+from agents.cli import main
+from agents.core.config import config_to_dict, load_config
+from agents.ui.plot import find_runs, load_curve, mean_and_spread, plot_runs
+
+
+def make_run(root: Path, name: str, seed: int, rows: list[dict]) -> Path:
+    """A run directory with config.yaml (name, seed) and metrics.csv holding ``rows``."""
+    run_dir = root / name / f"20250101-000000-seed{seed}"
+    run_dir.mkdir(parents=True)
+    config = load_config("configs/random_pendulum.yaml", [f"name={name}", f"seed={seed}"])
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    columns = ["step", "wall_s", *{key: None for row in rows for key in row if key not in ("step", "wall_s")}]
+    with open(run_dir / "metrics.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return run_dir
+
+
+def returns_rows(offset: float, count: int = 10) -> list[dict]:
+    return [{"step": 100 * (i + 1), "wall_s": 0.5 * (i + 1), "rollout/ep_return": offset + i} for i in range(count)]
+
+
+def trial_rows(successes: list[int]) -> list[dict]:
+    """A DDM-like run: one row per 100-frame trial, the first without a trial return (a plain log row)."""
+    rows = [{"step": 50, "wall_s": 0.1, "train/loss": 1.0}]
+    for trial, success in enumerate(successes):
+        rows.append({"step": 100 * (trial + 1), "wall_s": trial + 1.0, "trial/return": -300.0 + 50 * trial,
+                     "trial/success": success})
+    return rows
+
+
+def test_seeds_average_over_the_steps_all_of_them_reached():
+    xs = [np.array([0.0, 10.0]), np.array([0.0, 5.0, 20.0])]
+    ys = [np.array([0.0, 10.0]), np.array([2.0, 7.0, 22.0])]
+    x, mean, std = mean_and_spread(xs, ys)
+    assert x[0] == 0.0 and x[-1] == 10.0  # not past the shorter seed
+    assert mean[0] == pytest.approx(1.0) and std[0] == pytest.approx(1.0)
+    assert mean[-1] == pytest.approx((10.0 + 12.0) / 2)
+    one_x, one_mean, one_std = mean_and_spread(xs[:1], ys[:1])
+    assert np.array_equal(one_mean, ys[0]) and not one_std.any()
+
+
+def test_plot_groups_seeds_by_config_name_and_writes_png(tmp_path):
+    for seed, offset in enumerate([-900.0, -700.0]):
+        make_run(tmp_path, "alpha", seed, returns_rows(offset))
+    beta = make_run(tmp_path, "beta", 0, returns_rows(-500.0))
+    (tmp_path / "beta" / "20250102-000000-seed1").mkdir()  # a run that has not logged yet is left out
+    (tmp_path / "beta" / "20250102-000000-seed1" / "config.yaml").write_text((beta / "config.yaml").read_text())
+    runs = find_runs([tmp_path / "alpha", tmp_path / "beta"])
+    assert [load_curve(run, None).name for run in runs] == ["alpha", "alpha", "beta"]
+    out = plot_runs([tmp_path / "alpha", tmp_path / "beta"], out=tmp_path / "plots" / "curves.png")
+    image = iio.imread(out)
+    assert image.shape[:2] == (400, 1000)  # two panels: against env steps and against wall time
+    assert not list((tmp_path / "plots").glob(".*"))  # written through a temporary name
+
+
+def test_trial_agents_get_a_per_trial_panel(tmp_path, capsys):
+    run_dir = make_run(tmp_path, "ddm", 0, trial_rows([0, 0, 1, 1]))
+    curve = load_curve(run_dir, None)
+    assert curve.key == "trial/return" and list(curve.step) == [100, 200, 300, 400]
+    assert main(["plot", str(run_dir)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote: {run_dir / 'curves.png'}"
+    assert iio.imread(run_dir / "curves.png").shape[:2] == (400, 1500)  # a third panel: return per trial
+
+
+@pytest.mark.parametrize("case", ["not_a_run", "no_metrics", "unknown_key"])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
+    run_dir = make_run(tmp_path, "alpha", 0, returns_rows(0.0))
+    args = ["plot", str(run_dir)]
+    if case == "not_a_run":
+        args = ["plot", str(tmp_path / "nowhere")]
+    elif case == "no_metrics":
+        (run_dir / "metrics.csv").unlink()
+    else:
+        args += ["--key", "train/loss"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pixelpilot: error: ")
+    assert {"not_a_run": "no such run directory", "no_metrics": "no metrics.csv",
+            "unknown_key": "--key train/loss: not in"}[case] in err[0]
