@@ -149,12 +149,27 @@ def train(config: RunConfig | None = None, resume: str | Path | None = None, qui
             agent.load_state_dict(state)
     try:
         agent.train(run)
+        summary = agent.summary()
+        if run.last_logged_step() != summary["env_steps"]:
+            # A run shorter than train.log_every, or ending between two log points, still ends on a row at its
+            # last step: plot, sweeps and a reader of metrics.csv find where it finished. (Trial agents log a row
+            # per trial at their frame count, so they always end on one.)
+            run.log(summary["env_steps"], final_metrics(summary))
     finally:
         run.close()
-    run.write_summary({**agent.summary(), "wall_s": round(time.time() - run.started, 2)})
+    run.write_summary({**summary, "wall_s": round(time.time() - run.started, 2)})
     if not quiet:
         print(agent.outcome())
     return run.dir
+
+
+# summary.json's episode figures (EpisodeStats.summary, every kind's) and the metrics.csv columns of the same figures
+FINAL_ROW_KEYS = {"mean_return": "rollout/ep_return", "episodes": "rollout/episodes", "success_rate": "rollout/success"}
+
+
+def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The metrics row a run ends on when its last log point was not its last step, from the agent's summary."""
+    return {column: summary[key] for key, column in FINAL_ROW_KEYS.items() if summary.get(key) is not None}
 
 
 def load_trained_agent(run_dir: str | Path, device: str = "cpu") -> tuple[Agent, RunConfig]:

@@ -170,6 +170,14 @@ class Run:
             writer.add_scalar(key, value, step)
         writer.flush()
 
+    def last_logged_step(self) -> int | None:
+        """The step of metrics.csv's last row (a resumed run's earlier rows included); None before the first."""
+        if not self.metrics_path.exists():
+            return None
+        with open(self.metrics_path, newline="") as file:
+            steps = [row[0] for row in csv.reader(file) if row][1:]
+        return int(float(steps[-1])) if steps else None
+
     def _rewrite_metrics(self, keep: Callable[[dict], bool] = lambda row: True) -> list[dict]:
         """Rewrite metrics.csv with the current columns and the rows ``keep`` accepts; returns those rows."""
         rows: list[dict] = []

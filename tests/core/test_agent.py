@@ -1,5 +1,6 @@
 """The agent protocol and what every agent kind shares: the registry, train(), the episode loop, the clock."""
 
+import csv
 import json
 import typing
 
@@ -63,6 +64,21 @@ def test_evaluate_reads_success_from_the_env_on_the_evaluation_seeds():
                                                                                    "angular_velocity": 0.0})
     returns, successes = evaluate(Upright(), env, episodes=2, seed=10_000)
     assert successes.tolist() == [True, True] and np.all(returns > -5)
+
+
+def test_a_run_ending_between_log_points_logs_a_final_row_at_its_last_step(tmp_path):
+    config = load_config("random_pendulum", [f"train.runs_dir={tmp_path}", "agent.total_steps=1500",
+                                             "train.log_every=1000"])
+    run_dir = train(config, quiet=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    with open(run_dir / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [int(row["step"]) for row in rows] == [1000, summary["env_steps"]]  # 1504: 8 envs step together
+    assert float(rows[-1]["rollout/ep_return"]) == pytest.approx(summary["mean_return"])
+    assert int(float(rows[-1]["rollout/episodes"])) == summary["episodes"]
+    assert train(resume=run_dir, quiet=True) == run_dir  # nothing left to train: no second final row
+    with open(run_dir / "metrics.csv", newline="") as file:
+        assert len(list(csv.DictReader(file))) == 2
 
 
 def test_train_returns_the_run_directory_with_its_summary(tmp_path, capsys):

@@ -74,6 +74,19 @@ def test_trial_agents_get_a_per_trial_panel(tmp_path, capsys):
     assert iio.imread(run_dir / "curves.png").shape[:2] == (400, 1500)  # a third panel: return per trial
 
 
+def test_a_finished_run_shorter_than_log_every_ends_on_a_metrics_row_and_plots(tmp_path, capsys):
+    # random_pendulum logs every 1000 env steps: before its end, a 200-step run never reached a log point
+    assert main(["train", "random_pendulum", f"train.runs_dir={tmp_path}", "agent.total_steps=200"]) == 0
+    run_dir = next((tmp_path / "random_pendulum").iterdir())
+    with open(run_dir / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["step"] for row in rows] == ["200"] and "rollout/ep_return" in rows[0]
+    capsys.readouterr()
+    assert main(["plot", str(run_dir)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote: {run_dir / 'curves.png'}"
+    assert iio.imread(run_dir / "curves.png").shape[:2] == (400, 1000)
+
+
 @pytest.mark.parametrize("case", ["not_a_run", "no_metrics", "unknown_key"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
     run_dir = make_run(tmp_path, "alpha", 0, returns_rows(0.0))
