@@ -21,6 +21,14 @@ def pixelpilot(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
 
 
+def bad_input(capsys, *args: str) -> str:
+    """Run a command that must be refused as bad input: exit 2 and one line on stderr, which is returned."""
+    code = main(list(args))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    return err[0]
+
+
 def train(tmp_path: Path, *overrides: str, capsys) -> Path:
     code = main(["train", "random_pendulum", f"train.runs_dir={tmp_path}", *overrides])
     out = capsys.readouterr().out.strip().splitlines()
@@ -138,3 +146,12 @@ def test_damaged_checkpoint_is_reported_not_traced(tmp_path, capsys):
     result = pixelpilot("eval", str(run_dir), "--episodes", "1", cwd=tmp_path)
     assert result.returncode == 2
     assert "checkpoint cannot be read" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_damaged_only_checkpoint_on_resume_does_not_offer_a_previous_one(tmp_path, capsys):
+    run_dir = train(tmp_path, "agent.total_steps=400", capsys=capsys)
+    assert len(checkpoint_paths(run_dir)) == 1
+    checkpoint_paths(run_dir)[-1].write_bytes(b"garbage")
+    line = bad_input(capsys, "train", "--resume", str(run_dir))
+    assert "checkpoint cannot be read" in line and "no earlier checkpoint" in line
+    assert "fall back to the previous one" not in line

@@ -321,8 +321,10 @@ def load_checkpoint(path: Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for a damaged file
-        raise RunDirError(f"{path}: checkpoint cannot be read ({type(err).__name__}); "
-                          "delete it to fall back to the previous one") from None
+        earlier = [other for other in sorted(path.parent.glob(f"{CHECKPOINT_PREFIX}*.pt")) if other.name < path.name]
+        fix = (f"delete it to fall back to {earlier[-1].name}" if earlier
+               else "the run has no earlier checkpoint: train its config again")
+        raise RunDirError(f"{path}: checkpoint cannot be read ({type(err).__name__}); {fix}") from None
     if not isinstance(payload, dict) or "agent" not in payload or "step" not in payload:
         raise RunDirError(f"{path}: not a pixelpilot checkpoint (no 'step'/'agent' entries)")
     return payload

@@ -99,6 +99,19 @@ def test_damaged_checkpoint_is_named(run):
         load_checkpoint(path)
 
 
+def test_damaged_checkpoint_offers_the_previous_one_only_when_there_is_one(run):
+    first = run.save_checkpoint({"x": 1}, 100)
+    first.write_bytes(b"not a checkpoint")
+    with pytest.raises(RunDirError) as info:
+        load_checkpoint(first)
+    assert "no earlier checkpoint" in str(info.value) and "fall back" not in str(info.value)
+    run.save_checkpoint({"x": 1}, 100)  # a whole one in its place, then a damaged one after it
+    latest = run.save_checkpoint({"x": 2}, 200)
+    latest.write_bytes(b"not a checkpoint")
+    with pytest.raises(RunDirError, match=r"step_0000000200.pt: .*delete it to fall back to step_0000000100.pt"):
+        load_checkpoint(latest)
+
+
 def test_resume_drops_metrics_logged_after_the_checkpoint(run):
     time.sleep(0.05)
     run.log(100, {"a": 1.0})
