@@ -2,13 +2,14 @@
 
     pixelpilot plot runs/random_pendulum/20250101-120000-seed0          one run -> RUN_DIR/curves.png
     pixelpilot plot runs/ddm_pendulum runs/random_pendulum --out cmp.png  every seed of two configs
+    pixelpilot plot runs/dqn_pendulum/sweep-20261126-180000             a sweep's configurations
 
-Each argument is a run directory or a folder of them (``runs/<name>``). Runs are grouped by the
-``name`` in their config.yaml; a group of several seeds is drawn as the mean with a band of one
-standard deviation, over the steps all its seeds reached. The panels: the return against env steps
-and against wall time, and, when runs log ``trial/return`` (the DDM agent: one row per trial, step =
-frames so far), the return per trial with a star where at least half the seeds succeeded
-(``trial/success``).
+Each argument is a run directory or a folder holding runs at any depth (``runs/<name>``, a sweep
+folder, ``runs``). Runs are grouped by the ``name`` in their config.yaml; a group of several seeds is
+drawn as the mean with a band of one standard deviation, over the steps all its seeds reached. The
+panels: the return against env steps and against wall time, and, when runs log ``trial/return`` (the
+DDM agent: one row per trial, step = frames so far), the return per trial with a star where at least
+half the seeds succeeded (``trial/success``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agents.core.config import ConfigError
 from agents.core.run import RunDirError, atomic_write, load_run_config
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DEFAULT_KEYS = ("rollout/ep_return", "trial/return")  # the first one a run logs is plotted by default
 TRIAL_RETURN = "trial/return"
@@ -42,7 +47,8 @@ class Curve:
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run directories named by ``paths``: each a run directory or a folder of them.
+    """Run directories named by ``paths``: each a run directory, or a folder holding runs at any depth
+    (``runs/<name>``, a sweep's ``runs/<name>/sweep-<stamp>``, ``runs`` itself).
 
     Runs in a folder that have not logged yet (no metrics.csv) are left out; a run named directly is not.
     """
@@ -51,13 +57,22 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
         if (path / "config.yaml").is_file():
             runs.append(path)
             continue
-        children = sorted(child for child in path.glob("*/") if (child / "config.yaml").is_file())
-        if not children:
+        beneath = runs_beneath(path)
+        if not beneath:
             load_run_config(path)  # raises the RunDirError that says what is wrong with it
-        logged = [child for child in children if (child / "metrics.csv").is_file()]
+        logged = [run for run in beneath if (run / "metrics.csv").is_file()]
         if not logged:
-            raise RunDirError(f"{path}: none of its {len(children)} runs has logged metrics yet")
+            raise RunDirError(f"{path}: none of its {len(beneath)} runs has logged metrics yet")
         runs.extend(logged)
+    return runs
+
+
+def runs_beneath(folder: Path) -> list[Path]:
+    """The run directories (those with a config.yaml) anywhere under ``folder``, in name order; a run's own
+    folders (checkpoints/, episodes/, tb/) are not searched."""
+    runs: list[Path] = []
+    for child in sorted(path for path in folder.glob("*/") if path.is_dir()):
+        runs.extend([child] if (child / "config.yaml").is_file() else runs_beneath(child))
     return runs
 
 
@@ -124,12 +139,27 @@ def plot_runs(paths: Sequence[str | Path], out: str | Path | None = None, key: s
     Default ``out``: ``curves.png`` in the run directory when there is one run, else
     ``learning_curves.png`` in the current directory.
     """
+    runs = find_runs(paths)
+    figure = curves_figure(runs, key)
+    import matplotlib.pyplot as plt  # after curves_figure chose the Agg backend
+
+    target = Path(out) if out is not None else (runs[0] / "curves.png" if len(runs) == 1
+                                                 else Path("learning_curves.png"))
+    atomic_write(target, lambda file: figure.savefig(file, format="png", dpi=100))
+    plt.close(figure)
+    return target
+
+
+def curves_figure(runs: Sequence[Path], key: str | None = None) -> Figure:
+    """The figure :func:`plot_runs` saves, for run directories ``runs`` (close it with ``plt.close``).
+
+    A config whose seeds have no value of the key yet (no episode ended) is named in the legend, undrawn.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = find_runs(paths)
     curves = [load_curve(run, key) for run in runs]
     trials = {run: trial_curve(run) for run in runs}
     groups: dict[str, list[int]] = {}
@@ -142,15 +172,20 @@ def plot_runs(paths: Sequence[str | Path], out: str | Path | None = None, key: s
     axes = axes[0]
     for colour_index, (name, members) in enumerate(groups.items()):
         colour = f"C{colour_index % 10}"
-        seeds = f" ({len(members)} seeds, mean ± std)" if len(members) > 1 else ""
+        valued = [index for index in members if len(curves[index].value)]
+        seeds = f" ({len(valued)} seeds, mean ± std)" if len(valued) > 1 else ""
         for axis, x_name in zip(axes[:2], ("step", "wall_s"), strict=True):
-            x, mean, std = mean_and_spread([getattr(curves[i], x_name) for i in members],
-                                           [curves[i].value for i in members])
+            if not valued:
+                axis.plot([], [], color=colour, label=f"{name} (no {curves[members[0]].key} yet)")
+                continue
+            x, mean, std = mean_and_spread([getattr(curves[i], x_name) for i in valued],
+                                           [curves[i].value for i in valued])
             axis.plot(x, mean, color=colour, label=name + seeds, marker="." if len(x) < SHOW_POINTS else None)
-            if len(members) > 1:
+            if len(valued) > 1:
                 axis.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
-        trial_rows = [trials[runs[i]] for i in members if trials[runs[i]] is not None]
+        trial_rows = [trials[runs[i]] for i in members if trials[runs[i]] is not None and len(trials[runs[i]][0])]
         if trial_rows:
+            seeds = f" ({len(trial_rows)} seeds, mean ± std)" if len(trial_rows) > 1 else ""
             count = min(len(returns) for returns, _ in trial_rows)
             returns = np.stack([returns[:count] for returns, _ in trial_rows])
             success = np.stack([success[:count] for _, success in trial_rows]).mean(axis=0)
@@ -175,8 +210,4 @@ def plot_runs(paths: Sequence[str | Path], out: str | Path | None = None, key: s
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize="small")
     figure.tight_layout()
-    target = Path(out) if out is not None else (runs[0] / "curves.png" if len(runs) == 1
-                                                 else Path("learning_curves.png"))
-    atomic_write(target, lambda file: figure.savefig(file, format="png", dpi=100))
-    plt.close(figure)
-    return target
+    return figure

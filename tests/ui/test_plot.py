@@ -4,12 +4,14 @@ import csv
 from pathlib import Path
 
 import imageio.v3 as iio
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import yaml
 
 from agents.cli import main
 from agents.core.config import config_to_dict, load_config
+from agents.ui import plot
 from agents.ui.plot import find_runs, load_curve, mean_and_spread, plot_runs
 
 
@@ -72,6 +74,38 @@ def test_trial_agents_get_a_per_trial_panel(tmp_path, capsys):
     assert main(["plot", str(run_dir)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote: {run_dir / 'curves.png'}"
     assert iio.imread(run_dir / "curves.png").shape[:2] == (400, 1500)  # a third panel: return per trial
+
+
+def test_a_folder_of_runs_and_a_sweep_folder_plot_every_run_beneath(tmp_path, capsys):
+    folder = tmp_path / "random_pendulum"
+    for seed in (0, 1):
+        make_run(tmp_path, "random_pendulum", seed, returns_rows(-900.0 + 100 * seed))
+    sweep_dir = folder / "sweep-20250101-000000"  # as agents/tune/sweep.py lays it out
+    for label, seeds in [("c0_agent.total_steps=500", (0, 1)), ("c1_agent.total_steps=1000", (0,))]:
+        for seed in seeds:
+            make_run(sweep_dir, label, seed, returns_rows(-500.0 + 10 * seed))
+    (sweep_dir / "tune" / "c0-seed0").mkdir(parents=True)  # Ray Tune's trial folders are no runs
+    (sweep_dir / "sweep.json").write_text("{}")
+    names = lambda runs: [load_curve(run, None).name for run in runs]  # noqa: E731
+    assert names(find_runs([sweep_dir])) == ["c0_agent.total_steps=500"] * 2 + ["c1_agent.total_steps=1000"]
+    assert names(find_runs([folder])) == ["random_pendulum"] * 2 + names(find_runs([sweep_dir]))
+    assert names(find_runs([tmp_path])) == names(find_runs([folder]))  # runs/ itself: every run beneath
+    for path in (folder, sweep_dir):
+        capsys.readouterr()
+        assert main(["plot", str(path), "--out", str(tmp_path / f"{path.name}.png")]) == 0
+        assert iio.imread(tmp_path / f"{path.name}.png").shape[:2] == (400, 1000)
+
+
+def test_runs_without_any_value_yet_are_named_in_the_legend_not_an_error(tmp_path):
+    # Two seeds of a finished 200-step run: a row each, but no episode had ended (its return is NaN).
+    for seed in (0, 1):
+        make_run(tmp_path, "short", seed, [{"step": 200, "wall_s": 0.1, "rollout/ep_return": "nan"}])
+    assert main(["plot", str(tmp_path / "short"), "--out", str(tmp_path / "short.png")]) == 0
+    make_run(tmp_path, "long", 0, returns_rows(-500.0))
+    figure = plot.curves_figure(find_runs([tmp_path]))
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    plt.close(figure)
+    assert labels == ["long", "short (no rollout/ep_return yet)"]
 
 
 def test_a_finished_run_shorter_than_log_every_ends_on_a_metrics_row_and_plots(tmp_path, capsys):
