@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from agents.cli import main
+from agents.core.config import CONFIG_DIR
 from agents.core.run import checkpoint_paths
 
 
@@ -155,3 +156,9 @@ def test_damaged_only_checkpoint_on_resume_does_not_offer_a_previous_one(tmp_pat
     line = bad_input(capsys, "train", "--resume", str(run_dir))
     assert "checkpoint cannot be read" in line and "no earlier checkpoint" in line
     assert "fall back to the previous one" not in line
+
+
+def test_unknown_recipe_lists_the_recipes(tmp_path, capsys):
+    line = bad_input(capsys, "train", "nosuch", f"train.runs_dir={tmp_path / 'runs'}")
+    assert "nosuch: no such config file" in line
+    assert all(path.stem in line for path in CONFIG_DIR.glob("*.yaml"))

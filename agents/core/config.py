@@ -28,6 +28,7 @@ import yaml
 from agents.core.registry import agent_class
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+EMPTY = "empty config: expected keys such as name, seed and agent.kind"  # what YAML reads as None
 
 
 class ConfigError(ValueError):
@@ -146,7 +147,13 @@ def resolve_config_path(name_or_path: str) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise ConfigError(f"{name_or_path}: no such config file (nor a recipe in {CONFIG_DIR})")
+    raise ConfigError(f"{name_or_path}: no such config file (nor a recipe in {CONFIG_DIR}; recipes: "
+                      f"{', '.join(recipe_names())})")
+
+
+def recipe_names() -> list[str]:
+    """The recipes in ``configs/`` by name, sorted: what ``pixelpilot train NAME`` takes."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
 
 
 def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> RunConfig:
@@ -170,6 +177,8 @@ def read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:  # an empty file, or one of comments only
+        raise ConfigError(f"{path}: {EMPTY}")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     base = data.pop("base", None)
@@ -217,6 +226,8 @@ def apply_override(data: dict, override: str, source: Path | str = "<override>")
 
 def config_from_dict(data: Mapping[str, Any], source: Path | str = "<config>") -> RunConfig:
     """Build and validate a :class:`RunConfig` from plain data (a parsed YAML file)."""
+    if data is None:
+        raise ConfigError(f"{source}: {EMPTY}")
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(data).__name__}")
     data = dict(data)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.core.config import CONFIG_DIR, ConfigError, load_config
+from agents.core.config import CONFIG_DIR, ConfigError, config_from_dict, load_config
 from nets.ddm import DeepDynamicalModel
 
 
@@ -70,6 +70,8 @@ def test_defaults_fill_missing_sections(tmp_path):
         ("name: x\nseed: 1\n", [], "agent.kind: missing"),
         (MINIMAL, ["noequals"], "is not of the form key.sub=value"),
         ("name: [unclosed\n", [], "not valid YAML"),
+        ("", [], "empty config: expected keys such as name, seed and agent.kind"),
+        ("# only a comment\n", [], "empty config: expected keys such as name, seed and agent.kind"),
     ],
 )
 def test_bad_config_names_file_and_key_in_one_line(tmp_path, text, overrides, expected):
@@ -85,6 +87,18 @@ def test_bad_config_names_file_and_key_in_one_line(tmp_path, text, overrides, ex
 def test_missing_file_is_named():
     with pytest.raises(ConfigError, match="no_such_recipe: no such config file"):
         load_config("no_such_recipe")
+
+
+def test_missing_recipe_lists_the_recipes_there_are():
+    with pytest.raises(ConfigError) as info:
+        load_config("no_such_recipe")
+    names = sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+    assert str(info.value).endswith(f"recipes: {', '.join(names)})")
+
+
+def test_an_empty_run_config_is_called_empty():
+    with pytest.raises(ConfigError, match=r"^runs/x/config.yaml: empty config: expected keys such as"):
+        config_from_dict(None, source="runs/x/config.yaml")
 
 
 def test_a_recipe_with_a_base_overrides_only_what_differs(tmp_path):
