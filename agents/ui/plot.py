@@ -31,6 +31,17 @@ if TYPE_CHECKING:
 DEFAULT_KEYS = ("rollout/ep_return", "trial/return")  # the first one a run logs is plotted by default
 TRIAL_RETURN = "trial/return"
 TRIAL_SUCCESS = "trial/success"
+# Columns in words, for axis labels ("episode return (rollout/ep_return)"); others get their last part's words.
+KEY_NAMES = {
+    "rollout/ep_return": "episode return",
+    "rollout/success": "success rate",
+    "rollout/episodes": "episodes ended",
+    "rollout/epsilon": "exploration epsilon",
+    "eval/return": "evaluation return",
+    "eval/success": "evaluation success rate",
+    "trial/return": "return per trial",
+    "time/fps": "env steps per second",
+}
 GRID_POINTS = 200  # seeds are interpolated onto this many common x values before averaging
 SHOW_POINTS = 30  # curves with fewer points than this get a marker on each
 
@@ -103,6 +114,11 @@ def load_curve(run_dir: Path, key: str | None) -> Curve:
     return Curve(name, key, metrics["step"][keep], metrics["wall_s"][keep], metrics[key][keep])
 
 
+def axis_label(key: str) -> str:
+    """A metrics.csv column as an axis names it: in words, then the key (``episode return (rollout/ep_return)``)."""
+    return f"{KEY_NAMES.get(key, key.rsplit('/', 1)[-1].replace('_', ' '))} ({key})"
+
+
 def mean_and_spread(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
     """Seeds' curves on a common grid: (x, mean, std), each (GRID_POINTS,) or the one curve as it is.
 
@@ -159,6 +175,7 @@ def curves_figure(runs: Sequence[Path], key: str | None = None) -> Figure:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     curves = [load_curve(run, key) for run in runs]
     trials = {run: trial_curve(run) for run in runs}
@@ -167,7 +184,7 @@ def curves_figure(runs: Sequence[Path], key: str | None = None) -> Figure:
         groups.setdefault(curve.name, []).append(index)
     has_trials = any(value is not None for value in trials.values())
     keys = {curve.key for curve in curves}
-    label = keys.pop() if len(keys) == 1 else "return"
+    label = axis_label(keys.pop()) if len(keys) == 1 else f"return ({', '.join(sorted(keys))})"
     figure, axes = plt.subplots(1, 3 if has_trials else 2, figsize=(15 if has_trials else 10, 4), squeeze=False)
     axes = axes[0]
     for colour_index, (name, members) in enumerate(groups.items()):
@@ -203,7 +220,8 @@ def curves_figure(runs: Sequence[Path], key: str | None = None) -> Figure:
         axis.set_ylabel(label)
     if has_trials:
         axes[2].set_xlabel("trial")
-        axes[2].set_ylabel(TRIAL_RETURN)
+        axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))  # trial 1, 2, 3: no trial 1.5
+        axes[2].set_ylabel(axis_label(TRIAL_RETURN))
         axes[2].set_title("return per trial (* = success)")
     for axis in axes:
         axis.grid(alpha=0.3)

@@ -121,6 +121,23 @@ def test_a_finished_run_shorter_than_log_every_ends_on_a_metrics_row_and_plots(t
     assert iio.imread(run_dir / "curves.png").shape[:2] == (400, 1000)
 
 
+def test_axes_name_the_metric_in_words_and_count_trials_in_whole_numbers(tmp_path):
+    returns = make_run(tmp_path, "alpha", 0, returns_rows(0.0))
+    trials = make_run(tmp_path, "ddm", 0, trial_rows([0, 0, 1, 1]))
+    figure = plot.curves_figure([returns])
+    assert [axis.get_ylabel() for axis in figure.axes] == ["episode return (rollout/ep_return)"] * 2
+    plt.close(figure)
+    figure = plot.curves_figure([trials])
+    by_step, by_time, by_trial = figure.axes
+    assert by_step.get_ylabel() == by_trial.get_ylabel() == "return per trial (trial/return)"
+    figure.canvas.draw()
+    low, high = by_trial.get_xlim()
+    ticks = [tick for tick in by_trial.get_xticks() if low <= tick <= high]
+    plt.close(figure)
+    assert len(ticks) >= 2 and all(tick == round(tick) for tick in ticks), ticks  # trial 1, 2, 3: never 1.5
+    assert plot.axis_label("train/loss") == "loss (train/loss)"  # keys without a name of their own
+
+
 @pytest.mark.parametrize("case", ["not_a_run", "no_metrics", "unknown_key"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
     run_dir = make_run(tmp_path, "alpha", 0, returns_rows(0.0))
