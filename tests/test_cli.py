@@ -106,6 +106,7 @@ def test_eval_prints_mean_and_spread_of_the_latest_checkpoint(tmp_path, capsys):
         (["train", "random_pendulum", "seed=x"], "seed: expected an integer"),
         (["train", "no_such.yaml"], "no_such.yaml: no such config file"),
         (["train", "random_pendulum", "env.id=pixelpilot/Nope-v0"], "env.id:"),
+        (["train", "random_pendulum", "env.id=no_such_module:Nope-v0"], "env.id: No module named 'no_such_module'"),
         (["train", "random_pendulum", "env.kwargs.colour=1"], "env.kwargs:"),
         (["eval", "not_a_run"], "not_a_run: no such run directory"),
         (["train", "--resume", "."], "not a run directory (no config.yaml)"),
@@ -162,3 +163,12 @@ def test_unknown_recipe_lists_the_recipes(tmp_path, capsys):
     line = bad_input(capsys, "train", "nosuch", f"train.runs_dir={tmp_path / 'runs'}")
     assert "nosuch: no such config file" in line
     assert all(path.stem in line for path in CONFIG_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("env_id", "listed"), [
+    ("pixelpilot/Pendulm-v0", ["pixelpilot/Pendulum-v0"]),  # a close match
+    ("pixelpilot/Nope-v0", ["pixelpilot/Pendulum-v0", "pixelpilot/CartPoleSwingUp-v0", "pixelpilot/Pixels-v0"]),
+])
+def test_unknown_env_id_lists_close_matches_or_the_pixelpilot_ids(tmp_path, capsys, env_id, listed):
+    line = bad_input(capsys, "train", "random_pendulum", f"env.id={env_id}", f"train.runs_dir={tmp_path / 'runs'}")
+    assert f"env.id: no env {env_id!r} is registered" in line and all(env in line for env in listed), line

@@ -6,6 +6,7 @@ is the i-th entry of the list (Gymnasium's ``TransformAction``, single or vector
 
 from __future__ import annotations
 
+import difflib
 import importlib
 
 import gymnasium as gym
@@ -22,8 +23,8 @@ def make_env(config: RunConfig, render_mode: str | None = None) -> gym.Env:
         kwargs["render_mode"] = render_mode
     try:
         env = gym.make(config.env.id, **kwargs)
-    except gym.error.Error as err:
-        raise ConfigError(f"env.id: {err}") from None
+    except (gym.error.Error, ImportError) as err:  # ImportError: the module of a "module:Env-v0" id
+        raise ConfigError(env_id_error(config.env.id, err)) from None
     except TypeError as err:
         raise ConfigError(f"env.kwargs: {err}") from None
     if config.env.discrete_actions is None:
@@ -42,7 +43,7 @@ def make_vec_env(config: RunConfig) -> gym.vector.VectorEnv:
             importlib.import_module(module)
         spec = gym.spec(env_id)
     except (gym.error.Error, ImportError) as err:
-        raise ConfigError(f"env.id: {err}") from None
+        raise ConfigError(env_id_error(config.env.id, err)) from None
     mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
     try:
         vec = gym.make_vec(env_id, num_envs=config.env.num_envs, vectorization_mode=mode, **config.env.kwargs)
@@ -54,6 +55,20 @@ def make_vec_env(config: RunConfig) -> gym.vector.VectorEnv:
     single = gym.spaces.Discrete(len(table))
     return gym.wrappers.vector.TransformAction(vec, lambda indices: table[np.asarray(indices)],
                                                gym.vector.utils.batch_space(single, vec.num_envs), single)
+
+
+def env_id_error(env_id: str, err: Exception) -> str:
+    """The one line for an ``env.id`` Gymnasium cannot make: for an id registered under no name, the registered
+    ids closest to it, or else pixelpilot's own; otherwise Gymnasium's reason (a missing version, module, ...)."""
+    if not isinstance(err, (gym.error.NameNotFound, gym.error.NamespaceNotFound)):
+        return f"env.id: {err}"
+    namespace, name, _ = gym.envs.registration.parse_env_id(env_id.rpartition(":")[2])
+    same_namespace = {spec.name: spec.id for spec in gym.registry.values() if spec.namespace == namespace}
+    close = [same_namespace[match] for match in difflib.get_close_matches(name, same_namespace, n=3, cutoff=0.6)]
+    if close:
+        return f"env.id: no env {env_id!r} is registered; did you mean {' or '.join(close)}?"
+    ours = sorted(env for env in gym.registry if env.startswith("pixelpilot/"))
+    return f"env.id: no env {env_id!r} is registered (pixelpilot's envs: {', '.join(ours)})"
 
 
 def action_table(actions: list, space: gym.Space) -> np.ndarray:
