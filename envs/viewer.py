@@ -5,7 +5,9 @@ the panels (the real frame; for model-based runs also the model's reconstruction
 open-loop prediction, each labelled with its mean absolute pixel error against the real frame, or,
 for trials played before any model was fitted, dark "no model yet" panels in their place), an
 action bar, and (in the window) a key legend and a status line. Small frames are scaled up by a whole
-factor with nearest-neighbour sampling, so pixels stay crisp.
+factor with nearest-neighbour sampling, so pixels stay crisp. The window opens at the height of
+this content, the legend right below the action bar; the legend lists only the keys that do
+something for these episodes (``[/] k-step`` only when they carry model predictions).
 
 This module knows nothing of agents or run directories: it takes :class:`Episode` objects (built from
 the episode files' dicts with :meth:`Episode.from_dict`) and, for live play, an iterator that yields
@@ -33,11 +35,16 @@ import pygame  # noqa: E402  (after hiding pygame's greeting)
 EXPORT_FORMATS = (".mp4", ".gif")
 SPEEDS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # playback speed factors, +/- step through them
 LIVE_EPISODES_KEPT = 20  # finished live episodes kept for n/p (older ones are dropped)
-LEGEND = "space pause  left/right step  n/p episode  +/- speed  [/] k-step  s save PNG  q quit"
+# The keys handle_key answers, as the legend lists them; K_STEP_KEY only for episodes with model predictions.
+K_STEP_KEY = "[/] k-step"
+LEGEND_KEYS = ("space pause", "left/right step", "n/p episode", "+/- speed", K_STEP_KEY, "s save PNG", "q quit")
+LEGEND_GAP = "   "  # between two keys of a legend line
+WINDOW_SIZE = (960, 540)  # the window opens with its panels at the largest whole scale that fits this
 
 BACKGROUND = (18, 18, 24)
 TEXT = (235, 235, 235)
 DIM_TEXT = (150, 150, 160)
+STATUS_TEXT = (150, 200, 255)  # the status line under the legend: light blue, as readable as TEXT on BACKGROUND
 BAR_TRACK = (55, 55, 65)
 BAR_POSITIVE = (90, 200, 120)
 BAR_NEGATIVE = (235, 140, 60)
@@ -45,7 +52,8 @@ NO_MODEL_FILL = (34, 34, 44)  # a model panel before any model was fitted: bluis
 NO_MODEL_TEXT = "no model yet"
 MARGIN = 8  # pixels around and between the picture's parts
 HUD_FONT_SIZE = 24  # pygame's default font; 24 is ~17 px per line
-SMALL_FONT_SIZE = 18
+SMALL_FONT_SIZE = 18  # panel labels
+LEGEND_FONT_SIZE = 20  # the key legend and status line: light on the dark background, big enough to read
 ACTION_BAR_HEIGHT = 10  # per action dimension
 EXPORT_PANEL_HEIGHT = 320  # frames are scaled up to at most this height in exported videos
 # matplotlib's tab10: one colour per MinAtar object channel (at most 10), as envs.external renders them.
@@ -116,7 +124,8 @@ class Layout:
     panels: list[pygame.Rect]  # real frame first, then reconstruction, then prediction
     labels: list[pygame.Rect]
     action_bar: pygame.Rect
-    legend: pygame.Rect  # legend line and status line; empty when the legend is hidden
+    legend: pygame.Rect  # the key legend's lines, right below the action bar; empty when the legend is hidden
+    status: pygame.Rect  # the status line below it; empty when the legend is hidden
 
 
 def frame_to_rgb(frame: np.ndarray, env_id: str = "") -> np.ndarray:
@@ -175,10 +184,11 @@ class Viewer:
         self.speed_index = SPEEDS.index(1.0)
         self.running = True
         self.message = ""  # shown in the status line (e.g. where a PNG was saved)
-        self.size = (960, 540)  # the window size, updated when the window is resized
         pygame.font.init()
         self.hud_font = pygame.font.Font(None, HUD_FONT_SIZE)
         self.small_font = pygame.font.Font(None, SMALL_FONT_SIZE)
+        self.legend_font = pygame.font.Font(None, LEGEND_FONT_SIZE)
+        self.size = self.window_size()  # the window size, updated when the window is resized
 
     # state ----------------------------------------------------------------------------------------
     @property
@@ -234,7 +244,7 @@ class Viewer:
         return 0 if self.episode.predictions is None else self.episode.predictions.shape[0]
 
     def handle_key(self, key: int) -> None:
-        """Apply one key press (a ``pygame.K_*`` code); see :data:`LEGEND`."""
+        """Apply one key press (a ``pygame.K_*`` code); see :data:`LEGEND_KEYS`."""
         if key in (pygame.K_q, pygame.K_ESCAPE):
             self.running = False
         elif key == pygame.K_SPACE:
@@ -299,6 +309,20 @@ class Viewer:
             shown = "-"
         return f"{episode.label}  Frame: {t}  Return: {episode.return_at(t):.1f}  Action: {shown}"
 
+    def legend_lines(self, width: int) -> list[str]:
+        """The key legend wrapped to a ``width``-pixel window: the keys that do something for these episodes
+        (``[/] k-step`` only when they carry model predictions)."""
+        has_predictions = any(episode.predictions is not None for episode in self.episodes)
+        keys = [key for key in LEGEND_KEYS if key != K_STEP_KEY or has_predictions]
+        lines = [keys[0]]
+        for key in keys[1:]:
+            joined = lines[-1] + LEGEND_GAP + key
+            if self.legend_font.size(joined)[0] <= width - 2 * MARGIN:
+                lines[-1] = joined
+            else:
+                lines.append(key)
+        return lines
+
     def status_text(self) -> str:
         state = "paused" if self.paused else "playing"
         live = "  live" if self.live is not None else ""
@@ -320,11 +344,10 @@ class Viewer:
         width, height = size
         hud_height = self.hud_font.get_linesize() + 2 * MARGIN
         label_height = self.small_font.get_linesize()
-        legend_height = 2 * self.small_font.get_linesize() + MARGIN if self.show_legend else 0
         frame_height, frame_width = self.episode.frames[0].shape[1:]
         count = self.panel_count()
         free_width = width - (count + 1) * MARGIN
-        free_height = height - self._chrome_height()
+        free_height = height - self._chrome_height(width)
         scale = max(1, min(free_width // (count * frame_width), free_height // frame_height))
         panel_width, panel_height = frame_width * scale, frame_height * scale
         total = count * panel_width + (count - 1) * MARGIN
@@ -334,16 +357,36 @@ class Viewer:
         labels = [pygame.Rect(rect.left, rect.bottom, rect.width, label_height) for rect in panels]
         bar_top = top + panel_height + label_height + MARGIN
         bar = pygame.Rect(left, bar_top, total, self._action_rows() * (ACTION_BAR_HEIGHT + 2))
-        legend = pygame.Rect(MARGIN, height - legend_height, width - 2 * MARGIN, legend_height)
-        return Layout(pygame.Rect(0, 0, width, hud_height), panels, labels, bar, legend)
+        line = self.legend_font.get_linesize()
+        shown = self.show_legend
+        # Right below the action bar, not at the window's bottom: a taller window leaves its room below.
+        legend = pygame.Rect(MARGIN, bar.bottom + MARGIN, width - 2 * MARGIN,
+                             line * len(self.legend_lines(width)) if shown else 0)
+        status = pygame.Rect(MARGIN, legend.bottom, width - 2 * MARGIN, line if shown else 0)
+        return Layout(pygame.Rect(0, 0, width, hud_height), panels, labels, bar, legend, status)
 
-    def _chrome_height(self) -> int:
-        """Height of everything but the panels: HUD, labels, action bar, legend and margins."""
+    def _chrome_height(self, width: int) -> int:
+        """Height of everything but the panels in a ``width``-pixel window: HUD, labels, action bar, legend
+        (its lines wrapped to the width) and status line, and margins."""
         hud_height = self.hud_font.get_linesize() + 2 * MARGIN
         label_height = self.small_font.get_linesize()
         bar_height = self._action_rows() * (ACTION_BAR_HEIGHT + 2)
-        legend_height = 2 * self.small_font.get_linesize() + MARGIN if self.show_legend else 0
+        legend_height = 0
+        if self.show_legend:
+            legend_height = (len(self.legend_lines(width)) + 1) * self.legend_font.get_linesize() + MARGIN
         return hud_height + label_height + bar_height + legend_height + 3 * MARGIN
+
+    def window_size(self, largest: tuple[int, int] = WINDOW_SIZE) -> tuple[int, int]:
+        """The size the window opens at: the panels at the largest whole scale within ``largest``, as wide as
+        the HUD and the one-line legend need, and exactly as tall as the content (no empty band)."""
+        frame_height, frame_width = self.episode.frames[0].shape[1:]
+        count = max(self.panel_count(episode) for episode in self.episodes)
+        legend_width = self.legend_font.size(self.legend_lines(10**6)[0])[0] if self.show_legend else 0  # one line
+        text_width = max(self.widest_hud(), legend_width) + 2 * MARGIN
+        scale = max(1, min((largest[0] - (count + 1) * MARGIN) // (count * frame_width),
+                           (largest[1] - self._chrome_height(largest[0])) // frame_height))
+        width = max(count * frame_width * scale + (count + 1) * MARGIN, text_width)
+        return width, self._chrome_height(width) + frame_height * scale
 
     def natural_size(self, panel_height: int = EXPORT_PANEL_HEIGHT) -> tuple[int, int]:
         """A size that fits the panels scaled to about ``panel_height`` (whole multiples of 16, for video)."""
@@ -353,7 +396,7 @@ class Viewer:
         count = max(self.panel_count(episode) for episode in self.episodes)
         panels_width = count * frame_width * scale + (count + 1) * MARGIN
         width = max(panels_width, self.widest_hud() + 2 * MARGIN)
-        height = self._chrome_height() + frame_height * scale
+        height = self._chrome_height(width) + frame_height * scale
         return -(-width // 16) * 16, -(-height // 16) * 16
 
     def widest_hud(self) -> int:
@@ -382,10 +425,10 @@ class Viewer:
                 surface.blit(text, text.get_rect(midtop=label.midtop))
         self._draw_action_bar(surface, layout.action_bar)
         if self.show_legend:
-            line = self.small_font.get_linesize()
-            surface.blit(self.small_font.render(LEGEND, True, DIM_TEXT), layout.legend.topleft)
-            surface.blit(self.small_font.render(self.status_text(), True, TEXT),
-                         (layout.legend.left, layout.legend.top + line))
+            line = self.legend_font.get_linesize()
+            for index, text in enumerate(self.legend_lines(surface.get_width())):
+                surface.blit(self.legend_font.render(text, True, TEXT), layout.legend.move(0, index * line))
+            surface.blit(self.legend_font.render(self.status_text(), True, STATUS_TEXT), layout.status.topleft)
 
     def _draw_no_model(self, surface: pygame.Surface, rect: pygame.Rect) -> None:
         """A model panel's place before any model was fitted: a dark panel saying "no model yet"."""

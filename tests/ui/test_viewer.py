@@ -239,6 +239,54 @@ def test_export_of_trials_with_and_without_a_model_keeps_one_frame_size(tmp_path
         assert np.abs(frames[index * (STEPS + 1)].astype(int) - expected).mean() < 3, f"episode {index}"
 
 
+def relative_luminance(rgb: np.ndarray) -> float:
+    """WCAG 2's relative luminance of an sRGB colour (0 black .. 1 white)."""
+    channels = np.asarray(rgb, float) / 255
+    linear = np.where(channels <= 0.04045, channels / 12.92, ((channels + 0.055) / 1.055) ** 2.4)
+    return float(linear @ [0.2126, 0.7152, 0.0722])
+
+
+def test_key_legend_is_light_text_that_stands_out_from_the_background(tmp_path):
+    viewer = viewer_for(make_run(tmp_path))
+    legend = viewer.layout(SIZE).legend
+    band = viewer.render_frame()[legend.top: legend.bottom, legend.left: legend.right]
+    text = band[(band != BACKGROUND).any(axis=-1)]
+    assert len(text) > 300, "the legend is drawn"
+    contrast = (relative_luminance(text.mean(axis=0)) + 0.05) / (relative_luminance(BACKGROUND) + 0.05)
+    # WCAG AA asks 4.5 of the text colour; the mean of anti-aliased glyph pixels is a stricter measure.
+    assert contrast >= 4.5, f"legend contrast {contrast:.2f}"
+
+
+def background_rows(picture: np.ndarray) -> list[int]:
+    """Lengths of the runs of rows that are background only, top to bottom."""
+    empty = np.all(picture == BACKGROUND, axis=(1, 2))
+    return [len(run) for run in "".join("1" if row else "0" for row in empty).split("0") if run]
+
+
+@pytest.mark.parametrize("model", [False, True], ids=["one-panel", "three-panels"])
+def test_window_opens_at_the_height_of_its_content_without_an_empty_band(model):
+    viewer = Viewer([Episode.from_dict(fake_episode(0, model=model))])
+    picture = viewer.render_frame()  # at the size the window opens with
+    assert max(background_rows(picture)) <= 3 * MARGIN, "no empty band between the parts"
+    empty = np.all(picture == BACKGROUND, axis=(1, 2))
+    assert np.argmin(empty[::-1]) <= 2 * MARGIN, "the window ends below the status line"
+    assert viewer.layout(viewer.size).panels[0].height >= 5 * 40  # and the frames are still shown large
+
+
+def test_k_step_key_is_listed_only_when_the_episodes_have_predictions():
+    plain = Viewer([Episode.from_dict(fake_episode(0))])  # a random or DQN run's episode: no model
+    model = Viewer([Episode.from_dict(fake_episode(0, model=True))])
+    widths = []
+    for viewer in (plain, model):
+        legend = viewer.layout(SIZE).legend
+        band = viewer.render_frame(SIZE)[legend.top: legend.bottom]
+        columns = np.flatnonzero((band != BACKGROUND).any(axis=(0, 2)))
+        widths.append(columns[-1] - columns[0])
+    assert widths[0] < widths[1] - 40, "the plain run's legend is drawn without the k-step key"
+    assert "[/] k-step" not in " ".join(plain.legend_lines(SIZE[0]))
+    assert "[/] k-step" in " ".join(model.legend_lines(SIZE[0]))
+
+
 def test_pause_speed_save_and_quit_keys(tmp_path):
     viewer = viewer_for(make_run(tmp_path), screenshot_dir=tmp_path / "shots")
     viewer.handle_key(pygame.K_SPACE)
