@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from agents.core.agent import load_trained_agent, train
-from agents.core.config import ConfigError, load_config
+from agents.core.config import ConfigError, load_config, resolve_config_path
 from agents.core.envs import make_env
 from agents.core.episodes import EVAL_SEED_OFFSET, evaluate
 from agents.ddm.bench import bench_ddm
@@ -175,7 +175,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.config:
             raise ConfigError("train: name a config (a path or a recipe in configs/) or --resume RUN_DIR")
-        run_dir = train(load_config(args.config, [*args.overrides, *ray_overrides]))
+        source = resolve_config_path(args.config)
+        run_dir = train(load_config(str(source), [*args.overrides, *ray_overrides]), source=source)
     print(f"run: {run_dir}")
     return 0
 

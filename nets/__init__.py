@@ -40,6 +40,7 @@ from nets.rnn import RNNCore, RNNState
 
 __all__ = [
     "ACTIVATIONS",
+    "ENCODER_KINDS",
     "KINDS",
     "MLP",
     "AutoEncoder",
@@ -89,6 +90,10 @@ KINDS: dict[str, Callable[..., nn.Module]] = {
     "ddm": DeepDynamicalModel,
     "q_network": QNetwork,
 }
+
+# The KINDS that map images (batch, C, H, W) to features (batch, features_dim): what a Q-network or an SB3 policy
+# can put its head on.
+ENCODER_KINDS = ("conv_encoder", "nature_encoder", "minatar_encoder", "impala_encoder", "mlp_encoder")
 
 
 def build(config: dict[str, Any]) -> nn.Module:

@@ -16,9 +16,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
-from nets import build
-
-ENCODER_KINDS = ("conv_encoder", "nature_encoder", "minatar_encoder", "impala_encoder", "mlp_encoder")
+from nets import ENCODER_KINDS, build
 
 
 class PixelEncoderExtractor(BaseFeaturesExtractor):

@@ -172,3 +172,11 @@ def test_unknown_recipe_lists_the_recipes(tmp_path, capsys):
 def test_unknown_env_id_lists_close_matches_or_the_pixelpilot_ids(tmp_path, capsys, env_id, listed):
     line = bad_input(capsys, "train", "random_pendulum", f"env.id={env_id}", f"train.runs_dir={tmp_path / 'runs'}")
     assert f"env.id: no env {env_id!r} is registered" in line and all(env in line for env in listed), line
+
+
+def test_unknown_encoder_kind_names_the_file_and_lists_only_encoders(tmp_path, capsys):
+    line = bad_input(capsys, "train", "dqn_minatar_breakout", "agent.encoder.kind=nope", "train.device=cpu",
+                     f"train.runs_dir={tmp_path / 'runs'}")
+    assert line.startswith(f"pixelpilot: error: {CONFIG_DIR / 'dqn_minatar_breakout.yaml'}: agent.encoder.kind: ")
+    assert "'nope'" in line and "minatar_encoder" in line and "nature_encoder" in line
+    assert not any(other in line for other in ("q_network", "conv_decoder", "autoencoder", "rnn"))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Protocol
 
@@ -115,32 +117,38 @@ def resolve_device(name: str) -> torch.device:
 
 
 def train(config: RunConfig | None = None, resume: str | Path | None = None, quiet: bool = False,
-          address: str | None = None) -> Path:
+          address: str | None = None, source: str | Path | None = None) -> Path:
     """Train ``config`` into a new run directory, or continue the run at ``resume``; returns the run directory.
 
     The env is made once first, so a bad env id or kwarg fails before the run directory exists; so do a device
-    this machine lacks and what the agent kind's ``check`` rejects (a Ray address for rollout workers that does
-    not answer; ``address``: a resumed run's new cluster). At the end, summary.json holds the agent's summary
-    and ``wall_s``, and (unless ``quiet``) the agent's outcome line is printed.
+    this machine lacks, what the agent kind's ``check`` rejects (a Ray address for rollout workers that does
+    not answer; ``address``: a resumed run's new cluster) and what its constructor rejects. Those errors about
+    config keys start with ``source``, the config's file (a resumed run's config.yaml), as the loader's do.
+    At the end, summary.json holds the agent's summary and ``wall_s``, and (unless ``quiet``) the agent's
+    outcome line is printed.
     """
     if (config is None) == (resume is None):
         raise ValueError("train: give a config or a run directory to resume, not both")
     if resume is not None:
         run = Run.open(resume)
         config = run.config
+        source = run.dir / "config.yaml"
         if address is not None:
             config.ray.address = address
     else:
-        make_env(config).close()
         run = None
-    device = resolve_device(config.train.device)
-    kind = agent_class(config.agent.kind)
-    if config.ray.workers > 0 and not kind.distributed:
-        raise ConfigError(f"ray.workers: agent.kind {config.agent.kind} has no rollout workers (dqn has); "
-                          "leave --workers out")
-    kind.check(config)
+    with errors_name(source):
+        if run is None:
+            make_env(config).close()
+        device = resolve_device(config.train.device)
+        kind = agent_class(config.agent.kind)
+        if config.ray.workers > 0 and not kind.distributed:
+            raise ConfigError(f"ray.workers: agent.kind {config.agent.kind} has no rollout workers (dqn has); "
+                              "leave --workers out")
+    kind.check(config)  # its errors name the key, or the --address it was given
     seed_everything(config.seed)
-    agent = kind(config, device)
+    with errors_name(source):
+        agent = kind(config, device)
     if run is None:
         run = Run.create(config)
     else:
@@ -170,6 +178,17 @@ FINAL_ROW_KEYS = {"mean_return": "rollout/ep_return", "episodes": "rollout/episo
 def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
     """The metrics row a run ends on when its last log point was not its last step, from the agent's summary."""
     return {column: summary[key] for key, column in FINAL_ROW_KEYS.items() if summary.get(key) is not None}
+
+
+@contextmanager
+def errors_name(source: str | Path | None) -> Iterator[None]:
+    """A ConfigError raised in the block (``key.path: what is wrong``) starts with ``source``, unless it is None."""
+    try:
+        yield
+    except ConfigError as err:
+        if source is None:
+            raise
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def load_trained_agent(run_dir: str | Path, device: str = "cpu") -> tuple[Agent, RunConfig]:

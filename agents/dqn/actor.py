@@ -23,6 +23,9 @@ def build_network(config: RunConfig, frame_shape: tuple[int, ...], num_actions: 
     """The config's Q-network for frames of `frame_shape` (C, H, W), `frame_stack` of them stacked on channels."""
     agent = config.agent
     obs_shape = (frame_shape[0] * agent.frame_stack, *frame_shape[1:])
+    if agent.encoder["kind"] not in nets.ENCODER_KINDS:
+        raise ConfigError(f"agent.encoder.kind: {agent.encoder['kind']!r} is not an image encoder; choose one of "
+                          f"{', '.join(nets.ENCODER_KINDS)}")
     try:
         encoder = nets.build({**agent.encoder, "in_shape": obs_shape})
     except (TypeError, ValueError) as err:
