@@ -25,6 +25,7 @@ from agents.core.agent import load_trained_agent, train
 from agents.core.config import ConfigError, load_config, resolve_config_path
 from agents.core.envs import make_env
 from agents.core.episodes import EVAL_SEED_OFFSET, evaluate
+from agents.core.run import load_run_config
 from agents.ddm.bench import bench_ddm
 from agents.dqn.bench import bench_dqn
 from agents.dqn.bench_ray import bench_ray
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, metavar="N",
                        help="rollout workers as Ray actors feeding one learner (dqn; sets ray.workers)")
     train.add_argument("--address", metavar="ADDRESS",
-                       help="join this Ray cluster (auto, HOST:PORT) instead of starting one here (sets ray.address)")
+                       help="with rollout workers: run them on this Ray cluster (auto, HOST:PORT) instead of one "
+                            "started here (sets ray.address)")
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("eval", help="play a run's latest checkpoint")
@@ -171,12 +173,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.workers is not None:
             raise ConfigError("train --resume: --workers cannot change (the replay has a stream per worker env); "
                               "the run keeps its own ray.workers")
+        if args.address is not None and load_run_config(args.resume).ray.workers == 0:
+            raise ConfigError(f"--address {args.address}: joins a Ray cluster for rollout workers, and this run has "
+                              "none (ray.workers is 0): leave --address out")
         run_dir = train(resume=args.resume, address=args.address)
     else:
         if not args.config:
             raise ConfigError("train: name a config (a path or a recipe in configs/) or --resume RUN_DIR")
         source = resolve_config_path(args.config)
-        run_dir = train(load_config(str(source), [*args.overrides, *ray_overrides]), source=source)
+        config = load_config(str(source), [*args.overrides, *ray_overrides])
+        # Without rollout workers a run trains in this process alone: the address would be ignored.
+        if args.address is not None and config.ray.workers == 0:
+            raise ConfigError(f"--address {args.address}: joins a Ray cluster for rollout workers, and ray.workers "
+                              f"is 0: give --workers N as well, or to run trials there use "
+                              f"`pixelpilot sweep CONFIG --address {args.address}`")
+        run_dir = train(config, source=source)
     print(f"run: {run_dir}")
     return 0
 

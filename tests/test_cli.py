@@ -159,6 +159,26 @@ def test_damaged_only_checkpoint_on_resume_does_not_offer_a_previous_one(tmp_pat
     assert "fall back to the previous one" not in line
 
 
+@pytest.mark.parametrize("address", ["auto", "127.0.0.1:6379"])
+def test_address_without_rollout_workers_is_refused_and_points_to_workers_and_sweep(tmp_path, capsys, address):
+    line = bad_input(capsys, "train", "random_pendulum", "--address", address, f"train.runs_dir={tmp_path / 'runs'}")
+    assert line.startswith(f"pixelpilot: error: --address {address}:")
+    assert "--workers N" in line and "sweep CONFIG --address" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_address_with_rollout_workers_in_the_config_is_not_refused_for_them(tmp_path, capsys):
+    line = bad_input(capsys, "train", "random_pendulum", "ray.workers=2", "--address", "127.0.0.1:9",
+                     f"train.runs_dir={tmp_path / 'runs'}")
+    assert "agent.kind random has no rollout workers" in line  # the workers are checked, not the address's use
+
+
+def test_resume_with_an_address_of_a_run_without_rollout_workers_is_refused(tmp_path, capsys):
+    run_dir = train(tmp_path, "agent.total_steps=400", capsys=capsys)
+    line = bad_input(capsys, "train", "--resume", str(run_dir), "--address", "auto")
+    assert "--address auto:" in line and "ray.workers is 0" in line
+
+
 def test_unknown_recipe_lists_the_recipes(tmp_path, capsys):
     line = bad_input(capsys, "train", "nosuch", f"train.runs_dir={tmp_path / 'runs'}")
     assert "nosuch: no such config file" in line
