@@ -57,6 +57,14 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
                           "check the head's address and that `ray start --head` runs on it") from None
 
 
+def check_address(address: str) -> str:
+    """The cluster's address ("auto" resolved), or a ConfigError if none answers there: what a command that
+    writes a folder for its work calls before it makes the folder."""
+    resolved = resolve_address(address)
+    check_reachable(resolved)
+    return resolved
+
+
 def start_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
               dashboard: bool = False, log_dir: str | Path | None = None) -> dict:
     """Join the cluster at `address`, or start an embedded Ray on this machine (`address` None); returns the
@@ -84,9 +92,7 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, num_gp
             if not link.exists():
                 link.symlink_to(Path(temp_dir) / "session_latest" / "logs")
     else:
-        resolved = resolve_address(address)
-        check_reachable(resolved)
-        ray.init(address=resolved, **options)
+        ray.init(address=check_address(address), **options)
     return ray.cluster_resources()
 
 

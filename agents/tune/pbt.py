@@ -73,6 +73,7 @@ from agents.core.agent import Mutation, agent_class, resolve_device, seed_everyt
 from agents.core.config import ConfigError, RunConfig, config_from_dict, config_to_dict, load_config
 from agents.core.envs import make_env
 from agents.core.run import CHECKPOINT_PREFIX, Run, atomic_write, checkpoint_paths, load_checkpoint
+from agents.tune.cluster import check_address
 from agents.tune.sweep import (
     MAX_FAILURES,
     RANDOM_SEED,
@@ -253,6 +254,8 @@ def pbt(config: str, overrides: Sequence[str] = (), population: int = 4, perturb
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
     plan = plan_pbt(config, overrides, population, perturb_every, control=control)
+    if address is not None:
+        check_address(address)  # before the sweep folder is made: a cluster that does not answer leaves nothing
     sweep_dir = Path(plan.sweep_dir)
     print(f"sweep: {sweep_dir}: population-based training of {plural(plan.population, 'member')}, "
           f"{plan.total_steps:,} env steps each in rounds of {plan.perturb_every:,}, {METRIC} (higher is better)"

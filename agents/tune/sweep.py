@@ -68,6 +68,7 @@ from agents.core.config import (
 )
 from agents.core.envs import make_env
 from agents.core.run import atomic_write, checkpoint_paths
+from agents.tune.cluster import check_address
 from agents.tune.tasks import ray_session, sigterm_as_ctrl_c
 from agents.ui.plot import find_runs, plot_runs
 
@@ -382,6 +383,8 @@ def sweep(config: str | None = None, overrides: Sequence[str] = (), grid: Sequen
         if not config:
             raise ConfigError("sweep: name a config (a path or a recipe in configs/) or --resume SWEEP_DIR")
         plan = plan_sweep(config, overrides, grid, random, samples, seeds)
+    if address is not None:
+        check_address(address)  # before the sweep folder is made: a failed sweep leaves nothing to --resume
     sweep_dir = Path(plan.sweep_dir)
     trials = len(plan.configurations) * plan.seeds
     print(f"sweep: {sweep_dir}: {len(plan.configurations)} configurations x {plural(plan.seeds, 'seed')} = "

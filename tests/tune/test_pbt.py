@@ -71,6 +71,15 @@ def test_bad_input_exits_2_with_one_line_before_ray_starts(recipe, args, named, 
     assert not list(tmp_path.glob("*/"))  # no sweep directory
 
 
+def test_a_cluster_that_does_not_answer_is_one_line_exit_2_and_writes_no_sweep_folder(tmp_path, capsys):
+    code = main(["sweep", str(dot_recipe(tmp_path)), "--pbt", "--address", "127.0.0.1:1"])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == EXIT_BAD_INPUT
+    assert len(err) == 1 and err[0].startswith("pixelpilot: error: --address 127.0.0.1:1: no Ray cluster answers")
+    assert not list(tmp_path.glob("*/")) and "sweep:" not in captured.out
+
+
 def test_control_without_pbt_exits_2(tmp_path, capsys):
     assert main(["sweep", str(dot_recipe(tmp_path)), "--control"]) == EXIT_BAD_INPUT
     assert capsys.readouterr().err.startswith("pixelpilot: error: --population, --perturb-every and --control")

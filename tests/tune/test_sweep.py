@@ -58,6 +58,15 @@ def test_bad_input_exits_2_with_one_line_naming_it_before_ray_starts(args, named
     assert not list(tmp_path.iterdir())
 
 
+def test_a_cluster_that_does_not_answer_is_one_line_exit_2_and_writes_no_sweep_folder(tmp_path, capsys):
+    code = main(["sweep", *RANDOM, f"train.runs_dir={tmp_path}", "--address", "127.0.0.1:1"])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == EXIT_BAD_INPUT
+    assert len(err) == 1 and err[0].startswith("pixelpilot: error: --address 127.0.0.1:1: no Ray cluster answers")
+    assert not list(tmp_path.iterdir()) and "sweep:" not in captured.out
+
+
 def test_the_metric_is_trials_to_success_for_ddm_and_the_mean_return_with_asha_for_dqn():
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
