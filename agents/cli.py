@@ -11,7 +11,8 @@ nothing but ``agents/__main__.py`` (and the ``pixelpilot`` script) imports it.
     pixelpilot sweep CONFIG --pbt --population P    population-based training of a dqn config on Ray Tune
 
 Bad input (unknown key, wrong type, missing file, not a run directory, damaged checkpoint) prints one line
-naming the file and key and exits with code 2, before anything is written.
+naming the file and key and exits with code 2, before anything is written. ``--help`` (and ``train --help``,
+``sweep --help``) ends with the recipes in configs/, each with the start of its first comment line.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from agents.core.agent import load_trained_agent, train
-from agents.core.config import ConfigError, load_config, resolve_config_path
+from agents.core.config import CONFIG_DIR, ConfigError, load_config, recipe_names, resolve_config_path
 from agents.core.envs import make_env
 from agents.core.episodes import EVAL_SEED_OFFSET, evaluate
 from agents.core.run import load_run_config
@@ -36,6 +38,7 @@ from agents.ui.watch import watch
 from envs.bench import bench_envs
 
 EXIT_BAD_INPUT = 2
+TITLE_WIDTH = 52  # of a recipe's first comment line in --help: with the longest name, a line fits 80 columns
 
 BENCHES = {"envs": bench_envs, "ddm": bench_ddm, "dqn": bench_dqn, "ray": bench_ray}
 
@@ -60,10 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pixelpilot", description="Agents that learn control from pixels.")
+    recipes = recipes_epilog()
+    parser = argparse.ArgumentParser(prog="pixelpilot", description="Agents that learn control from pixels.",
+                                     epilog=recipes, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train an agent from a config")
+    train = commands.add_parser("train", help="train an agent from a config", epilog=recipes,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("config", nargs="?", help="a YAML path or a recipe name in configs/")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
@@ -135,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--key", help="metrics.csv column (default: rollout/ep_return, else trial/return)")
     plot.set_defaults(handler=cmd_plot)
 
-    sweep = commands.add_parser("sweep", help="train a grid (and random draws) of overrides over seeds on Ray Tune")
+    sweep = commands.add_parser("sweep", help="train a grid (and random draws) of overrides over seeds on Ray Tune",
+                                epilog=recipes, formatter_class=argparse.RawDescriptionHelpFormatter)
     sweep.add_argument("config", nargs="?", help="a YAML path or a recipe name in configs/")
     sweep.add_argument("overrides", nargs="*", help="key.sub=value overrides of every trial")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=A,B,...",
@@ -157,6 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="--pbt: then train the same members (seeds, first draws) without PBT, and plot both")
     sweep.set_defaults(handler=cmd_sweep)
     return parser
+
+
+def recipes_epilog() -> str:
+    """The recipes in configs/, one a line with what its first comment line says: the end of --help."""
+    names = recipe_names()
+    width = max(map(len, names), default=0)
+    lines = [f"  {name:<{width}}  {recipe_title(CONFIG_DIR / f'{name}.yaml')}".rstrip() for name in names]
+    return "\n".join(["recipes in configs/ (CONFIG is one of these names, or a YAML path):", *lines])
+
+
+def recipe_title(path: Path) -> str:
+    """A recipe's first comment line, up to a parenthesis opened after its first words, cut at a word to
+    TITLE_WIDTH characters; empty if the file does not start with a comment."""
+    lines = path.read_text().splitlines()
+    text = lines[0].lstrip("#").strip() if lines and lines[0].startswith("#") else ""
+    detail = text.find(" (", 20)
+    if detail >= 0:
+        text = text[:detail]
+    if len(text) > TITLE_WIDTH:
+        text = text[:TITLE_WIDTH - 3].rsplit(" ", 1)[0].rstrip(",:;") + "..."
+    return text
 
 
 def cmd_train(args: argparse.Namespace) -> int:

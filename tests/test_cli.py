@@ -200,3 +200,15 @@ def test_unknown_encoder_kind_names_the_file_and_lists_only_encoders(tmp_path, c
     assert line.startswith(f"pixelpilot: error: {CONFIG_DIR / 'dqn_minatar_breakout.yaml'}: agent.encoder.kind: ")
     assert "'nope'" in line and "minatar_encoder" in line and "nature_encoder" in line
     assert not any(other in line for other in ("q_network", "conv_decoder", "autoencoder", "rnn"))
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["sweep"]])
+def test_help_lists_the_recipes_with_what_each_is(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "recipes in configs/" in out
+    for path in CONFIG_DIR.glob("*.yaml"):
+        assert path.stem in out
+    assert "DQN on MinAtar Breakout" in out  # the first words of the recipe's comment
