@@ -159,6 +159,14 @@ def test_damaged_only_checkpoint_on_resume_does_not_offer_a_previous_one(tmp_pat
     assert "fall back to the previous one" not in line
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch has a CUDA device")
+def test_cuda_device_on_a_torch_without_cuda_is_one_line_naming_train_device(tmp_path, capsys):
+    line = bad_input(capsys, "train", "configs/dqn_minatar_breakout.yaml", "train.device=cuda",
+                     f"train.runs_dir={tmp_path / 'runs'}")
+    assert "dqn_minatar_breakout.yaml: train.device: cuda asked" in line and "train.device=cpu" in line
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("address", ["auto", "127.0.0.1:6379"])
 def test_address_without_rollout_workers_is_refused_and_points_to_workers_and_sweep(tmp_path, capsys, address):
     line = bad_input(capsys, "train", "random_pendulum", "--address", address, f"train.runs_dir={tmp_path / 'runs'}")
