@@ -95,7 +95,10 @@ class TrainConfig:
     record_every: int = 10  # record every N-th episode to episodes/ (the best so far is kept as well)
     max_episode_files: int = 20  # recorded episodes kept on disk (oldest removed first)
     runs_dir: str = "runs"  # run directories go to <runs_dir>/<name>/<stamp>/
-    save_replay: bool = False  # checkpoints also hold the replay memory (agents that have one), for exact resumes
+    # Checkpoints keep the replay memory (agents that have one: dqn), so a resumed run goes on learning as the unbroken
+    # one would; each writes only the entries added since the previous one (agents/dqn/replay_files.py). False: a
+    # resumed run refills it for agent.learning_starts env steps first (it says so on stderr).
+    save_replay: bool = True
 
     def validate(self) -> None:
         at_least(self, 1, "log_every", "checkpoint_every", "record_every", "max_episode_files")

@@ -5,6 +5,7 @@
         metrics.csv          one row per log call: step, wall_s, namespaced keys (rollout/ep_return, ...)
         tb/                  TensorBoard events with the same keys
         checkpoints/         step_<step>.pt, written atomically, torch.load(weights_only=True)
+        replay/              the replay memory the checkpoints read, in chunks (dqn: agents/dqn/replay_files.py)
         episodes/            ep_<episode>.npz every record_every episodes, and best.npz
         summary.json         written at the end: env_steps, episodes, mean_return, wall_s, ...
 

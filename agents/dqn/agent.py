@@ -9,7 +9,8 @@ The story, in the order this file tells it (DQNAgent.train):
                  or uniform), the n-step target from the target network (double: the online network picks
                  the action), Huber loss (or C51's cross-entropy), one Adam step; new priorities
         sync     the target network every `target_update_every` env steps (a copy, or Polyak with tau < 1)
-        log, record env 0's episodes, checkpoint (the replay too with train.save_replay)
+        log, record env 0's episodes, checkpoint (with train.save_replay, on by default, the replay too: the
+                 entries added since the last checkpoint to a chunk file, agents/dqn/replay_files.py)
 
 All Rainbow switches on (configs/rainbow_minatar_breakout.yaml): `double`, `network.dueling`, `replay.prioritized`,
 `replay.n_step` > 1, `network.noisy`, `network.atoms` > 1 (distributional C51).
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -48,6 +51,7 @@ from agents.core.run import (
 from agents.dqn.actor import Actor, build_network
 from agents.dqn.distributed import RolloutWorker, check_cluster, weights_of, worker_epsilons
 from agents.dqn.replay import FrameReplay, ReplaySamples
+from agents.dqn.replay_files import ReplayFiles
 from agents.tune.cluster import check_reachable, resolve_address, start_ray, stop_ray
 from nets.q import QNetwork, categorical_projection
 
@@ -166,7 +170,9 @@ class DQNAgent:
                                           **({"fused": True} if device.type in ("cpu", "cuda") else {}))
         self.rng = np.random.default_rng(config.seed)
         self.check_replay_fits(config.env.num_envs)  # before anything is written, not when training starts
-        self.replay: FrameReplay | None = None  # made in train(): eval and watch never pay for it
+        self.replay: FrameReplay | None = None  # made in train() (start_replay): eval and watch never pay for it
+        self.replay_files: ReplayFiles | None = None  # where checkpoints write it (train.save_replay)
+        self.saved_replay: dict | None = None  # the loaded checkpoint's replay, rebuilt by start_replay
         self.replay_start = 0  # env steps when the replay began filling (updates wait learning_starts after it)
         self.env_steps = 0
         self.updates = 0
@@ -185,9 +191,7 @@ class DQNAgent:
         agent, train = self.config.agent, self.config.train
         actor = Actor(self.config, self.online, self.rng)
         count = actor.num_envs
-        if self.replay is None:  # a new run, or a resumed one whose checkpoint holds no replay: fill it first
-            self.replay = self.make_replay(count)
-            self.replay_start = self.env_steps
+        self.start_replay(run.dir, count)
         self.replay.cut_episodes()  # the envs start new episodes below: a restored replay's running ones end here
         log_due = Every(train.log_every, start=self.env_steps)
         target_due = Every(agent.target_update_every, start=self.env_steps)
@@ -213,10 +217,10 @@ class DQNAgent:
             if log_due(self.env_steps):
                 run.log(self.env_steps, self.metrics(run, losses))
             if run.checkpoint_due(self.env_steps):
-                run.save_checkpoint(self.state_dict(), self.env_steps)
+                self.save_checkpoint(run)
         bar.close()
         actor.close()
-        run.save_checkpoint(self.state_dict(), self.env_steps)
+        self.save_checkpoint(run)
 
     def updates_due(self, previous: int) -> int:
         """Updates owed for the env steps from `previous` to now: one per `train_every`, from `learning_starts`
@@ -226,6 +230,52 @@ class DQNAgent:
         if self.env_steps < learning_from:
             return 0
         return self.env_steps // agent.train_every - max(previous, learning_from) // agent.train_every
+
+    def start_replay(self, run_dir: Path, num_envs: int) -> None:
+        """Give the agent its replay before it trains (no-op if it has one): the one its loaded checkpoint saved,
+        rebuilt from `run_dir`'s replay files, else an empty one, which fills for agent.learning_starts env steps
+        before updates (re)start. A resumed run that starts empty says so in one line on stderr, with whether any
+        update is left before agent.total_steps: a resume must never end with no updates unannounced."""
+        if self.replay is not None:  # the next round of a PBT member, in the same process
+            return
+        agent, train, saved = self.config.agent, self.config.train, self.saved_replay
+        self.replay, self.saved_replay = self.make_replay(num_envs), None
+        if saved is not None and train.save_replay and "lineage" in saved:
+            self.replay_files = ReplayFiles.restore(run_dir, self.replay, saved)
+            self.replay_start = int(saved["replay_start"])
+            return
+        self.replay_files = ReplayFiles.create(run_dir, self.replay, self.env_steps) if train.save_replay else None
+        if saved is not None and train.save_replay:  # a checkpoint from before replay files: the whole replay
+            self.replay.load_state_dict(saved)  # inline (the next checkpoint writes all of it to a chunk)
+            self.replay_start = 0
+            return
+        self.replay_start = self.env_steps
+        if not 0 < self.env_steps < agent.total_steps:  # a new run, or a finished one: nothing to announce
+            return
+        why = ("train.save_replay is false" if not train.save_replay else
+               "its checkpoint holds none: written with train.save_replay false, or a PBT donor's")
+        learning_from = self.env_steps + agent.learning_starts
+        updates = max(0, agent.total_steps // agent.train_every - learning_from // agent.train_every)
+        line = (f"warning: resuming at env step {self.env_steps:,} with an empty replay ({why}); it refills for "
+                f"agent.learning_starts={agent.learning_starts:,} env steps before updates restart at step "
+                f"{learning_from:,}")
+        if updates:
+            line += f": {updates:,} updates left before agent.total_steps={agent.total_steps:,}"
+        else:
+            line += (f", but agent.total_steps={agent.total_steps:,} comes first: no update will happen in this run "
+                     "(raise agent.total_steps, or keep train.save_replay: true so a resume keeps its replay)")
+        print(line, file=sys.stderr)
+
+    def save_checkpoint(self, run: Run) -> None:
+        """Checkpoint into `run`: :meth:`state_dict` and, with train.save_replay, the replay: the entries added since
+        the previous checkpoint go to a chunk file first, the rest of the replay (a few dozen bytes per slot) into
+        the checkpoint; then chunks no kept checkpoint reads are deleted (agents/dqn/replay_files.py)."""
+        state = self.state_dict()
+        if self.replay_files is not None:
+            state["replay"] = {**self.replay_files.save(self.replay, self.env_steps), "replay_start": self.replay_start}
+        run.save_checkpoint(state, self.env_steps)
+        if self.replay_files is not None:
+            self.replay_files.prune()
 
     def check_replay_fits(self, num_envs: int) -> None:
         """ConfigError if the replay would not fit in the free memory of the agent's device."""
@@ -351,13 +401,12 @@ class DQNAgent:
 
     # state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        state = {"online": self.online.state_dict(), "target": self.target.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "env_steps": self.env_steps, "updates": self.updates,
-                 **self.stats.state_dict(), "worker_restarts": self.worker_restarts,
-                 "rng": generator_state(self.rng), "global_rng": rng_state()}
-        if self.config.train.save_replay and self.replay is not None:
-            state["replay"] = self.replay.state_dict()
-        return state
+        """Everything needed to resume but the replay, which lives in the run directory (:meth:`save_checkpoint`
+        adds its part of the checkpoint)."""
+        return {"online": self.online.state_dict(), "target": self.target.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "env_steps": self.env_steps, "updates": self.updates,
+                **self.stats.state_dict(), "worker_restarts": self.worker_restarts,
+                "rng": generator_state(self.rng), "global_rng": rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.online.load_state_dict(state["online"])
@@ -371,9 +420,8 @@ class DQNAgent:
         self.worker_restarts = int(state.get("worker_restarts", 0))
         set_generator_state(self.rng, state["rng"])
         set_rng_state(state["global_rng"])
-        if "replay" in state:
-            self.replay = self.make_replay(self.config.env.num_envs)
-            self.replay.load_state_dict(state["replay"])
+        # Kept for start_replay, which reads the replay's files from the run directory when training starts.
+        self.replay, self.replay_files, self.saved_replay = None, None, state.get("replay")
 
 
     # Ape-X: the learner of distributed runs (ray.workers > 0) ----------------------------------------------
@@ -412,9 +460,7 @@ class DQNAgent:
         config, settings = agent.config, agent.config.ray
         envs = config.env.num_envs
         streams = [np.arange(index * envs, (index + 1) * envs) for index in range(len(workers))]
-        if agent.replay is None:
-            agent.replay = agent.make_replay(envs * len(workers))
-            agent.replay_start = agent.env_steps
+        agent.start_replay(run.dir, envs * len(workers))
         agent.replay.cut_episodes()  # the workers start new episodes
         log_due = Every(config.train.log_every, start=agent.env_steps)
         target_due = Every(config.agent.target_update_every, start=agent.env_steps)
@@ -466,7 +512,7 @@ class DQNAgent:
                 run.log(agent.env_steps, {**agent.metrics(run, losses), "ray/worker_restarts": agent.worker_restarts})
                 bar.set_postfix(episodes=agent.episodes, ret=f"{agent.mean_return():.1f}", refresh=False)
             if run.checkpoint_due(agent.env_steps):
-                run.save_checkpoint(agent.state_dict(), agent.env_steps)
+                agent.save_checkpoint(run)
         bar.close()
         # A worker restarted near the end may not have sent its batch yet (the others filled the budget): count it.
         try:
@@ -476,7 +522,7 @@ class DQNAgent:
             pass
         for worker in workers:
             ray.kill(worker)
-        run.save_checkpoint(agent.state_dict(), agent.env_steps)
+        agent.save_checkpoint(run)
 
 
 def available_memory(device: torch.device) -> int:

@@ -47,7 +47,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["FrameReplay", "ReplaySamples"]
+__all__ = ["ENTRY_FIELDS", "FrameReplay", "ReplaySamples"]
 
 
 class ReplaySamples(NamedTuple):
@@ -112,6 +112,10 @@ def _storage(capacity: int, num_envs: int, frame_shape: tuple[int, int, int]) ->
 
 
 _STATE = tuple(_storage(1, 1, (1, 1, 1)))  # the names of the storage tensors
+# The storage an entry writes once and never changes (cut_episodes changes `truncated` and `final`, sampling the
+# tree, the refresh the windows): what agents/dqn/replay_files.py writes once to chunk files, all the rest going
+# into each checkpoint. The frames are nearly all of the bytes.
+ENTRY_FIELDS = ("frames", "actions", "rewards", "terminated", "episode_start", "initial")
 
 
 class FrameReplay:
@@ -505,21 +509,28 @@ class FrameReplay:
                 "stack": self.stack, "n_step": self.n_step, "gamma": self.gamma, "prioritized": self.prioritized,
                 "alpha": self.alpha}
 
-    def state_dict(self) -> dict:
+    def state_dict(self, entries: bool = True) -> dict:
         """Everything needed to resume exactly: storage, counters, tree, and the generator's state (if one was
         given). Tensors and plain Python values only, so torch.load(weights_only=True) accepts it. The storage
-        tensors are the replay's own, not copies (a copy of a GPU replay may not fit): save it before adding more."""
-        state = {name: getattr(self, name) for name in _STATE}
+        tensors are the replay's own, not copies (a copy of a GPU replay may not fit): save it before adding more.
+
+        ``entries=False`` leaves out the :data:`ENTRY_FIELDS` (and a uniform replay's tree, all zeros): the small
+        state, a few dozen bytes per slot, whose entries are saved elsewhere (agents/dqn/replay_files.py)."""
+        skip = () if entries else ENTRY_FIELDS if self.prioritized else (*ENTRY_FIELDS, "tree")
+        state = {name: getattr(self, name) for name in _STATE if name not in skip}
         state["config"] = self._config()
         if self.generator is not None:
             state["generator"] = self.generator.get_state()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` (from any device) into this replay, which must have the same configuration."""
+    def load_state_dict(self, state: dict, entries: bool = True) -> None:
+        """Restore :meth:`state_dict` (from any device) into this replay, which must have the same configuration.
+        ``entries=False``: a state saved so, whose :data:`ENTRY_FIELDS` the caller has written into the storage."""
         if state["config"] != self._config():
             raise ValueError(f"the saved replay was made with {state['config']}, this one with {self._config()}")
         for name in _STATE:
+            if not entries and (name in ENTRY_FIELDS or name == "tree" and not self.prioritized):
+                continue
             if name == "initial" and name not in state:  # saved before initial priorities (2026-11-26)
                 self.initial.fill_(-1.0)
                 continue

@@ -135,11 +135,13 @@ def test_checkpoint_with_save_replay_restores_the_replay_exactly(tmp_path):
     assert "replay" in state
     restored = DQNAgent(config, torch.device("cpu"))
     restored.load_state_dict(state)
+    restored.start_replay(run_dir, config.env.num_envs)  # the replay is rebuilt from the run's replay/ files
     assert restored.env_steps == 600 and len(restored.replay) > 0
     torch.manual_seed(1)
     first = restored.replay.sample(8)
     again = DQNAgent(config, torch.device("cpu"))
     again.load_state_dict(state)
+    again.start_replay(run_dir, config.env.num_envs)
     torch.manual_seed(1)
     second = again.replay.sample(8)
     for name in first._fields:
@@ -234,7 +236,8 @@ def test_a_continuous_env_without_a_discrete_set_is_refused_naming_the_fix(tmp_p
 
 
 def test_a_resume_without_the_replay_refills_it_before_learning_again(tmp_path):
-    config = dot_config(tmp_path, "dqn_minatar_breakout", "agent.total_steps=500", "agent.learning_starts=200")
+    config = dot_config(tmp_path, "dqn_minatar_breakout", "agent.total_steps=500", "agent.learning_starts=200",
+                        "train.save_replay=false")
     run_dir = train(config, quiet=True)
     assert json.loads((run_dir / "summary.json").read_text())["updates"] == 300
     (run_dir / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace("total_steps: 500",
