@@ -92,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="name", required=True)
     bench_envs = bench.add_parser("envs", help="batched pixel pendulum vs Gymnasium's Pendulum-v1 + pygame + resize")
     bench_ddm = bench.add_parser("ddm", help="DDM agent: trials to success over seeds, frames vs SB3 PPO")
-    bench_ddm.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    bench_ddm.add_argument("--seeds", default="5",
+                           help="a count N (seeds 0..N-1, or from --seed-start), a block A-B (both included, e.g. "
+                                "1000-1019) or a list A,B,C (default 5)")
+    bench_ddm.add_argument("--seed-start", type=int, default=0, help="the first seed of a count (default 0)")
     bench_ddm.add_argument("--config", default="ddm_pendulum",
                            help="a DDM recipe name in configs/ or a YAML path (default ddm_pendulum)")
     bench_ddm.add_argument("--controller", choices=("cem", "gradient", "policy"), default=None,

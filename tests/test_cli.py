@@ -114,6 +114,10 @@ def test_eval_prints_mean_and_spread_of_the_latest_checkpoint(tmp_path, capsys):
         (["bench", "ddm", "agent.planning_horizon=5"], "agent.planning_horizon: this key is now agent.cem.horizon"),
         (["bench", "ddm", "--config", "no_such"], "no_such: no such config file"),
         (["bench", "ddm", "--config", "random_pendulum"], "random_pendulum: agent.kind: bench ddm runs the ddm agent"),
+        (["bench", "ddm", "--seeds", "19-10"], "--seeds 19-10: an empty block"),
+        (["bench", "ddm", "--seeds", "x"], "--seeds x: expected a count (5), a block (1000-1019)"),
+        (["bench", "ddm", "--seeds", "0"], "--seeds 0: must be >= 1"),
+        (["bench", "ddm", "--seeds", "3,3"], "--seeds 3,3: expected distinct seeds"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expected):

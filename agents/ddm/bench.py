@@ -42,6 +42,7 @@ from agents.tune.tasks import map_tasks, ray_session, sigterm_as_ctrl_c
 from nets.ddm import DeepDynamicalModel, prediction_errors
 
 BASELINES = Path(__file__).resolve().parent / "baselines"
+HELD_WITHIN = 10  # the headline: seeds whose pendulum is held (the env's success) within this many trials
 SB3_RESULT = BASELINES / "sb3_pendulum.json"
 SAC_RESULT = BASELINES / "sb3_sac_pendulum.json"  # SB3 SAC (configs/sb3_sac_pendulum.yaml)
 SB3_CONFIG = "configs/sb3_ppo_pendulum.yaml"
@@ -69,19 +70,51 @@ def run_seed_task(config_data: dict) -> dict:
         return json.loads((train(config, quiet=True) / "summary.json").read_text())
 
 
-def run_seeds(config_name: str, seeds: int, overrides: Sequence[str], runs_dir: str, jobs: int = 1,
+def seed_list(seeds: int | str | Sequence[int], start: int = 0) -> list[int]:
+    """The seeds a bench runs: ``5`` (with ``start``: start..start+4), ``"1000-1019"`` (a block, both ends
+    included), ``"3,7,11"``, or a list. A malformed or empty block is a ConfigError naming ``--seeds``."""
+    text = str(seeds).strip()
+    if isinstance(seeds, (list, tuple)):
+        chosen = [int(seed) for seed in seeds]
+    elif "-" in text.lstrip("-"):
+        first, last = _integers(text, text.split("-", 1))
+        chosen = list(range(first, last + 1))
+        if not chosen:
+            raise ConfigError(f"--seeds {text}: an empty block (the first seed is after the last)")
+    elif "," in text:
+        chosen = _integers(text, text.split(","))
+    else:
+        [count] = _integers(text, [text])
+        if count < 1:
+            raise ConfigError(f"--seeds {text}: must be >= 1")
+        chosen = list(range(start, start + count))
+    if not chosen or min(chosen) < 0 or len(set(chosen)) != len(chosen):
+        raise ConfigError(f"--seeds {seeds}: expected distinct seeds >= 0, got {chosen}")
+    return chosen
+
+
+def _integers(text: str, items: Sequence[str]) -> list[int]:
+    try:
+        return [int(item) for item in items]
+    except ValueError:  # (ConfigError is a ValueError: raised here, outside the try)
+        pass
+    raise ConfigError(f"--seeds {text}: expected a count (5), a block (1000-1019) or a list (3,7,11)")
+
+
+def run_seeds(config_name: str, seeds: int | Sequence[int], overrides: Sequence[str], runs_dir: str, jobs: int = 1,
               address: str | None = None, keep: bool = False) -> list[dict]:
-    """Seeds 0..seeds-1 of a config: their summary.json, in seed order.
+    """Seeds of a config (a count: 0..seeds-1; or the seeds themselves): their summary.json, in seed order.
 
     jobs 1 and no address: one after another in this process, run directories under `runs_dir`. Otherwise as
     Ray tasks, `jobs` at once, on an embedded Ray of `jobs` CPUs or the cluster at `address`; Ctrl-C or SIGTERM
     cancels them (their workers are killed) and the embedded Ray is shut down before the command ends. `keep`: the
     Ray tasks too write their run directories under `runs_dir` (of the node each runs on), not a temporary one."""
+    seeds = seed_list(seeds)
     if jobs == 1 and address is None:
-        return [run_seed(config_name, seed, overrides, runs_dir) for seed in range(seeds)]
+        return [run_seed(config_name, seed, overrides, runs_dir) for seed in seeds]
 
     kept = [f"train.runs_dir={Path(runs_dir).resolve()}"] if keep else []
-    configs = [config_to_dict(load_config(config_name, [f"seed={seed}", *overrides, *kept])) for seed in range(seeds)]
+    configs = [config_to_dict(load_config(config_name, [f"seed={seed}", *overrides, *kept])) for seed in seeds]
     with sigterm_as_ctrl_c(), ray_session(address, num_cpus=jobs):
         return map_tasks(run_seed_task, configs, jobs)
 
@@ -219,7 +252,8 @@ def frame_ratio(sb3_frames: int | None, sb3_budget: int, ddm_frames: float, ddm_
 
 
 def bench_ddm(
-    seeds: int = 5,
+    seeds: int | str | Sequence[int] = 5,
+    seed_start: int = 0,
     controller: str | None = None,
     rerun_sb3: bool = False,
     rerun_dqn: bool = False,
@@ -234,9 +268,11 @@ def bench_ddm(
 
     `jobs` > 1 runs that many seeds at once as Ray tasks, each with one torch thread (so wall times per trial
     are those of one core, with the other jobs beside it); `address` runs them on that Ray cluster. `runs_dir`
-    keeps the seeds' run directories there (otherwise in a temporary folder, removed at the end)."""
-    if jobs < 1 or seeds < 1:
-        raise ConfigError(f"--jobs and --seeds: must be >= 1, got {jobs} and {seeds}")
+    keeps the seeds' run directories there (otherwise in a temporary folder, removed at the end). `seeds`: a
+    count (from `seed_start`), a block "1000-1019" or a list (see seed_list), so a fresh block is one command."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
+    seeds = seed_list(seeds, seed_start)
     overrides = [*overrides] + ([f"agent.controller={controller}"] if controller else [])
     agent_config = load_config(config, overrides).agent  # bad overrides fail here, before any seed runs
     if agent_config.kind != "ddm":
@@ -244,7 +280,7 @@ def bench_ddm(
     per_seed = []
     with tempfile.TemporaryDirectory() as temporary:
         summaries = run_seeds(config, seeds, overrides, runs_dir or temporary, jobs, address, keep=runs_dir is not None)
-        for seed, summary in enumerate(summaries):
+        for seed, summary in zip(seeds, summaries, strict=True):
             per_seed.append({"seed": seed, "trials_to_success": summary["success_trial"],
                              "frames": summary["env_steps"], "wall_s": summary["wall_s"],
                              "wall_per_trial_s": summary["wall_s"] / summary["episodes"],
@@ -252,9 +288,13 @@ def bench_ddm(
     solved = [item for item in per_seed if item["trials_to_success"] is not None]
     # A seed that never succeeded counts with all its frames, fewer than it would need.
     ddm_frames = float(np.mean([item["frames"] for item in per_seed]))
+    # The median of trials to success, an unsolved seed counted as its budget + 1 (above every solved one).
+    trials = [item["trials_to_success"] or agent_config.trials + 1 for item in per_seed]
     result = {
         "config": config, "controller": agent_config.controller, "overrides": list(overrides),
         "seeds": seeds, "solved_seeds": len(solved),
+        "held_within_10": sum(item["trials_to_success"] <= HELD_WITHIN for item in solved),
+        "median_trials": float(np.median(trials)),
         "trials_to_success": [item["trials_to_success"] for item in per_seed],
         "frames_per_seed": [item["frames"] for item in per_seed],
         "ddm_frames_mean": ddm_frames,
@@ -268,12 +308,12 @@ def bench_ddm(
     if sac is not None:
         result["sac"] = sac
         result["sac"]["ratio"], result["sac"]["ratio_bound"] = frame_ratio(
-            sac["frames_to_first_success"], sac["frame_budget"], ddm_frames, len(solved) == seeds)
+            sac["frames_to_first_success"], sac["frame_budget"], ddm_frames, len(solved) == len(seeds))
     sb3 = rerun_sb3_baseline() if rerun_sb3 else read_sb3_result()
     if sb3 is not None:
         result["sb3"] = sb3
         result["ratio"], result["ratio_bound"] = frame_ratio(
-            sb3["frames_to_first_success"], sb3["frame_budget"], ddm_frames, len(solved) == seeds)
+            sb3["frames_to_first_success"], sb3["frame_budget"], ddm_frames, len(solved) == len(seeds))
         if sb3["frames_to_first_training_success"] is not None:
             # SB3's first success by a (stochastic) training episode, the most favourable figure for SB3.
             result["ratio_vs_sb3_first_training_success"] = (
@@ -281,10 +321,10 @@ def bench_ddm(
     if rerun_dqn:
         for name in VALUE_BASED:
             rerun_value_based(name, jobs=jobs, address=address)
-    value_based = value_based_rows(ddm_frames, len(solved) == seeds)
+    value_based = value_based_rows(ddm_frames, len(solved) == len(seeds))
     if value_based:
         result["value_based"] = value_based
-    best = best_model_free(model_free_frames(result), ddm_frames, len(solved) == seeds)
+    best = best_model_free(model_free_frames(result), ddm_frames, len(solved) == len(seeds))
     if best is not None:
         result["best_model_free"] = best
     if model_quality:

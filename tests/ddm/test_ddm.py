@@ -683,6 +683,20 @@ def test_bench_reports_trials_frames_and_the_sb3_ratio():
     assert result["best_model_free"]["frames"] <= min(frames for frames in rows if frames is not None)
 
 
+def test_bench_runs_a_block_of_seeds_and_reports_held_within_10_and_the_median(tmp_path):
+    """A fresh block is one command (--seeds 1000-1019): the seeds run are the block's, each seed's run directory
+    is named by it, and the report counts the seeds held within 10 trials."""
+    result = bench_ddm(seeds="7-8", config="ddm_pendulum_tiny", model_quality=False, runs_dir=str(tmp_path))
+    assert result["seeds"] == [7, 8]
+    runs = sorted(run.name[-5:] for run in (tmp_path / "ddm_pendulum_tiny").iterdir())
+    assert runs == ["seed7", "seed8"]
+    trials = [value or 4 for value in result["trials_to_success"]]  # ddm_pendulum_tiny: 3 trials, unsolved = 4
+    assert result["median_trials"] == pytest.approx(float(np.median(trials)))
+    assert result["held_within_10"] == sum(value is not None for value in result["trials_to_success"])
+    assert bench.seed_list(3, start=1000) == [1000, 1001, 1002] and bench.seed_list("5,2") == [5, 2]
+    assert bench.seed_list("1000-1019") == list(range(1000, 1020))
+
+
 @pytest.mark.parametrize(
     ("rows", "ddm_solved", "expected"),
     [({"ppo": (90_000, True), "dqn": (23_734, True)}, True, ("dqn", 23_734 / 640, "exact")),
