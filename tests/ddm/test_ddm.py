@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -789,3 +793,29 @@ def test_trial_buffer_pads_short_trials_and_never_windows_past_their_end():
 def test_frame_ratio_says_which_way_an_unsolved_side_bounds_it(sb3_frames, ddm_solved, expected):
 
     assert frame_ratio(sb3_frames, 200_000, 1000.0, ddm_solved) == expected
+
+
+def test_the_first_controlled_trial_is_the_same_bit_for_bit_on_one_thread_and_on_two(tmp_path):
+    """Results must not hang on the machine's thread count: on one torch thread the fits run one after another,
+    on two at once (a thread each), and CEM's products run on one or two threads; the model fitted and the
+    actions of the first controlled trial are the same to the bit. Default network sizes (small ones never
+    split a product over threads), fewer updates and steps to keep it short."""
+    root = Path(__file__).resolve().parents[2]
+    overrides = ["seed=1003", "agent.trials=3", "agent.trial_steps=30", "agent.fit.updates=40",
+                 "agent.fit.dynamics_updates=40", "agent.cem.candidates=200"]
+    states = []
+    for threads in (1, 2):
+        runs = tmp_path / f"threads{threads}"
+        subprocess.run([sys.executable, "-m", "agents", "train", "ddm_pendulum", *overrides, f"train.runs_dir={runs}"],
+                       check=True, capture_output=True, timeout=300, cwd=root,
+                       env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads)})
+        [run_dir] = (runs / "ddm_pendulum").iterdir()
+        states.append(load_checkpoint(checkpoint_paths(run_dir)[-1])["agent"])
+    one, two = states
+    assert len(one["trials"]) == len(two["trials"]) == 3  # two random trials, then the first controlled one
+    assert not np.array_equal(one["trials"][2]["actions"].numpy(), one["trials"][1]["actions"].numpy())
+    for name, tensor in one["model"].items():
+        assert torch.equal(tensor, two["model"][name]), name
+    for first, second in zip(one["trials"], two["trials"], strict=True):
+        assert torch.equal(first["actions"], second["actions"]) and torch.equal(first["frames"], second["frames"])
+    assert one["returns"] == two["returns"]
