@@ -33,6 +33,14 @@ def build_network(config: RunConfig, frame_shape: tuple[int, ...], num_actions: 
     return QNetwork(encoder, num_actions, **asdict(agent.network))
 
 
+def first_stacks(frames: np.ndarray, stack: int) -> np.ndarray:
+    """The stacked observation of an episode's first frame: the frame `stack` times, whole frames one after
+    another on the channel axis (`(..., C, H, W) -> (..., stack * C, H, W)`), as FrameStackObservation pads."""
+    reps = [1] * frames.ndim
+    reps[-3] = stack
+    return np.tile(frames, reps)
+
+
 class VectorStep(NamedTuple):
     """One vector-env step of an Actor (arrays over its envs)."""
 
@@ -79,7 +87,7 @@ class Actor:
     def reset(self, seed: int) -> np.ndarray:
         """Reset the envs (seeds seed, seed + 1, ...); returns their first observations."""
         obs, _ = self.vec.reset(seed=seed)
-        self.stacks = np.repeat(obs, self.frame_stack, axis=1)  # (num_envs, stack * C, H, W)
+        self.stacks = first_stacks(obs, self.frame_stack)  # (num_envs, stack * C, H, W)
         self.mask = np.ones(self.num_envs, bool)
         return obs
 
@@ -91,7 +99,7 @@ class Actor:
                           self.mask, info)
         # CRUCIAL (next-step autoreset): an env that ended last step restarts now; its stack starts anew.
         self.stacks = np.concatenate([stacks[:, self.channels:], next_obs], axis=1)
-        self.stacks[step.restarted] = np.repeat(next_obs[step.restarted], self.frame_stack, axis=1)
+        self.stacks[step.restarted] = first_stacks(next_obs[step.restarted], self.frame_stack)
         self.mask = ~(terminated | truncated)
         return step
 

@@ -48,7 +48,7 @@ from agents.core.run import (
     set_generator_state,
     set_rng_state,
 )
-from agents.dqn.actor import Actor, build_network
+from agents.dqn.actor import Actor, build_network, first_stacks
 from agents.dqn.distributed import RolloutWorker, check_cluster, weights_of, worker_epsilons
 from agents.dqn.replay import FrameReplay, ReplaySamples
 from agents.dqn.replay_files import ReplayFiles
@@ -389,7 +389,7 @@ class DQNAgent:
     def act(self, obs: np.ndarray) -> int:
         """One observation -> the greedy action (epsilon `eval_epsilon`), on the last `frame_stack` frames."""
         stack = self.config.agent.frame_stack
-        self.stack = np.repeat(obs, stack, axis=0) if self.stack is None else np.concatenate(
+        self.stack = first_stacks(obs, stack) if self.stack is None else np.concatenate(
             [self.stack[obs.shape[0]:], obs])
         if self.rng.random() < self.config.agent.eval_epsilon:
             return int(self.rng.integers(self.num_actions))
