@@ -64,8 +64,9 @@ def reference_stacks(channels: int, stack: int, episodes: int) -> list[np.ndarra
 
 def stripes_config(tmp_path, channels: int, stack: int):
     return load_config("dqn_minatar_breakout", [
-        f"train.runs_dir={tmp_path}", "train.device=cpu", "env.id=test/Stripes-v0", f"env.kwargs={{channels: {channels}}}",
-        "env.num_envs=2", f"agent.frame_stack={stack}", "agent.encoder={kind: minatar_encoder, features_dim: 8}"])
+        f"train.runs_dir={tmp_path}", "train.device=cpu", "env.id=test/Stripes-v0",
+        f"env.kwargs={{channels: {channels}}}", "env.num_envs=2",
+        f"agent.frame_stack={stack}", "agent.encoder={kind: minatar_encoder, features_dim: 8}"])
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3])
