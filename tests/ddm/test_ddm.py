@@ -296,6 +296,18 @@ def test_policy_search_improves_imagined_return():
     assert policy(torch.tensor([[[-2.0]]])).item() > 0.5 and policy(torch.tensor([[[3.0]]])).item() < -0.5
 
 
+@pytest.mark.parametrize("value", [False, True])
+def test_the_search_computes_no_gradient_for_the_model_and_leaves_it_trainable(value):
+    torch.manual_seed(0)
+    model = DeepDynamicalModel(OBS_SHAPE, 1, 2.0, latent_dim=2, context=2, encoder_hidden=(16,), ensemble=3)
+    policy = Policy(2, 2, torch.full((1,), 2.0), [16], [16] if value else None)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in policy.parameters()]
+    PolicySearch(horizon=4, batch=32, updates=3, value=value).improve(model, policy, optimizer, torch.randn(40, 2, 2))
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    assert any(not torch.equal(p, b) for p, b in zip(policy.parameters(), before, strict=True))
+
+
 @pytest.mark.parametrize("squash", ["sin", "tanh"])
 def test_a_saturated_policy_recovers_with_sin_squashing_and_stays_stuck_with_tanh(squash):
     # Every output pushed far past full torque (what a search through the pendulum model did to the tanh
