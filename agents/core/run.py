@@ -53,13 +53,15 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
 
 
 def rng_state() -> dict:
-    """The global Python, NumPy and torch RNG states, in a form torch.load(weights_only=True) accepts."""
+    """The global Python, NumPy, torch and CUDA RNG states, in a form torch.load(weights_only=True) accepts."""
     return {
         "python": list(random.getstate()[1]),
         "python_pos": random.getstate()[2],
         "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
         "numpy_pos": int(np.random.get_state()[2]),
         "torch": torch.get_rng_state(),
+        # one state per visible GPU (dropout, noisy layers and sampling on a CUDA device draw from these)
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
@@ -68,6 +70,10 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate((3, tuple(state["python"]), state["python_pos"]))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"]))
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda", [])  # absent from checkpoints written before 2026-12-06
+    if cuda and torch.cuda.is_available():  # a GPU run resumed on a CPU-only machine has no CUDA state to set
+        for device, device_state in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, device)
 
 
 def generator_state(generator: np.random.Generator) -> dict:

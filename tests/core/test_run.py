@@ -137,6 +137,29 @@ def test_global_rng_state_round_trips_through_a_weights_only_checkpoint(run):
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rng_state_round_trips_through_a_checkpoint(run):
+    torch.cuda.manual_seed_all(1)
+    path = run.save_checkpoint(rng_state(), 100)
+    expected = torch.rand(3, device="cuda").cpu()
+    torch.cuda.manual_seed_all(2)
+    set_rng_state(load_checkpoint(path)["agent"])
+    assert torch.equal(torch.rand(3, device="cuda").cpu(), expected)
+
+
+def test_rng_state_from_before_the_cuda_key_or_from_a_gpu_machine_restores_the_rest(run):
+    torch.manual_seed(1)
+    state = rng_state()
+    expected = torch.rand(2)
+    older = {key: value for key, value in state.items() if key != "cuda"}  # a checkpoint written before the key
+    checks = [older]
+    if not torch.cuda.is_available():  # a GPU run's checkpoint resumed here: its CUDA state has nowhere to go
+        checks.append({**state, "cuda": [torch.zeros(16, dtype=torch.uint8)]})
+    for saved in checks:
+        set_rng_state(saved)
+        assert torch.equal(torch.rand(2), expected)
+
+
 def test_generator_state_round_trips(run):
     generator = np.random.default_rng(5)
     generator.random(3)
