@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_dqn.add_argument("--steps", type=int, default=3000, help="env steps timed, each with an update")
     bench_dqn.add_argument("--warmup", type=int, default=1000, help="random steps first, filling the replay")
     bench_dqn.add_argument("--device", default="cpu", help="cpu or cuda (both agents)")
+    bench_dqn.add_argument("--threads", type=int, default=1, help="torch threads of each agent (default 1)")
     bench_dqn.add_argument("overrides", nargs="*", help="key.sub=value overrides of our DQN only")
     bench_ray = bench.add_parser("ray", help="env steps/s of 1..N Ray rollout workers vs one process")
     bench_ray.add_argument("--workers", type=int, default=None, help="most rollout workers (default: CPUs)")

@@ -118,6 +118,8 @@ def test_eval_prints_mean_and_spread_of_the_latest_checkpoint(tmp_path, capsys):
         (["bench", "ddm", "--seeds", "x"], "--seeds x: expected a count (5), a block (1000-1019)"),
         (["bench", "ddm", "--seeds", "0"], "--seeds 0: must be >= 1"),
         (["bench", "ddm", "--seeds", "3,3"], "--seeds 3,3: expected distinct seeds"),
+        (["bench", "dqn", "--threads", "0"], "--threads: must be >= 1, got 0"),
+        (["train", "random_pendulum", "train.threads=0"], "train.threads: expected a whole number >= 1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expected):

@@ -155,6 +155,9 @@ def train(config: RunConfig | None = None, resume: str | Path | None = None, qui
         state = run.load_latest_checkpoint()
         if state is not None:
             agent.load_state_dict(state)
+    threads = torch.get_num_threads()
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
     try:
         agent.train(run)
         summary = agent.summary()
@@ -165,6 +168,7 @@ def train(config: RunConfig | None = None, resume: str | Path | None = None, qui
             run.log(summary["env_steps"], final_metrics(summary))
     finally:
         run.close()
+        torch.set_num_threads(threads)
     run.write_summary({**summary, "wall_s": round(time.time() - run.started, 2)})
     if not quiet:
         print(agent.outcome())

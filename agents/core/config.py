@@ -99,9 +99,16 @@ class TrainConfig:
     # one would; each writes only the entries added since the previous one (agents/dqn/replay_files.py). False: a
     # resumed run refills it for agent.learning_starts env steps first (it says so on stderr).
     save_replay: bool = True
+    # torch's intra-op threads while this run trains (restored after); None: torch's own choice (OMP_NUM_THREADS,
+    # else one per core). Small networks lose more to threads handing work over than they gain: recipes say.
+    threads: int | None = None
 
     def validate(self) -> None:
         at_least(self, 1, "log_every", "checkpoint_every", "record_every", "max_episode_files")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ConfigError(f"threads: expected a whole number >= 1 (or null for torch's default), "
+                              f"got {self.threads!r}")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
             raise ConfigError(f"device: expected auto, cpu or cuda[:N], got {self.device!r}")
 

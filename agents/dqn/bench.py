@@ -2,9 +2,11 @@
 
 Both train on MinAtar Breakout with the same network (the MinAtar paper's, conv 16 -> dense 128 -> Q), batch
 size, one update per env step, replay size and target-update period (configs/dqn_minatar_breakout.yaml and
-configs/sb3_dqn_minatar_breakout.yaml), on one env, one after the other in this process. The rate counts only
-the steps after learning starts (each with its update), timed from the run directory's metrics rows, which both
-agents log the same way; `ratio` = ours / SB3's.
+configs/sb3_dqn_minatar_breakout.yaml), on one env, one after the other in this process, each on the same
+number of torch threads (`--threads`, default one: the threads a small network hands its work to cost it more
+than they give, and two processes side by side on two cores want one each). The rate counts only the steps
+after learning starts (each with its update), timed from the run directory's metrics rows, which both agents
+log the same way; `ratio` = ours / SB3's.
 
 The result also holds the replay's bytes per stored frame, and what a 1M-transition Atari replay (84x84 frames,
 4 stacked) takes stored this way against SB3's stacked storage.
@@ -29,16 +31,21 @@ SB3 = "sb3_dqn_minatar_breakout"
 ATARI_FRAME = (1, 84, 84)
 
 
-def bench_dqn(steps: int = 3_000, warmup: int = 1_000, device: str = "cpu", overrides: Sequence[str] = ()) -> dict:
+def bench_dqn(steps: int = 3_000, warmup: int = 1_000, device: str = "cpu", threads: int = 1,
+              overrides: Sequence[str] = ()) -> dict:
     """Env steps per second of both DQNs over `steps` env steps with updates, after `warmup` steps of random
-    acting that fill the replay. `overrides` (key=value) apply to our agent only (e.g. agent.batch_size=64)."""
+    acting that fill the replay, each agent on `threads` torch threads. `overrides` (key=value) apply to our
+    agent only (e.g. agent.batch_size=64)."""
     if steps < 100 or warmup < 100:
         raise ConfigError(f"--steps and --warmup: must be >= 100, got {steps} and {warmup}")
+    if threads < 1:
+        raise ConfigError(f"--threads: must be >= 1, got {threads}")
     ours = measure(OURS, [f"agent.learning_starts={warmup}", f"agent.total_steps={warmup + steps}",
-                          f"train.log_every={warmup}", f"train.device={device}", *overrides], warmup)
+                          f"train.log_every={warmup}", f"train.device={device}", f"train.threads={threads}",
+                          *overrides], warmup)
     sb3 = measure(SB3, [f"agent.algo_kwargs.learning_starts={warmup}", f"agent.total_steps={warmup + steps}",
-                        f"train.log_every={warmup}", f"train.device={device}", f"agent.eval_every={10 * steps}"],
-                  warmup)
+                        f"train.log_every={warmup}", f"train.device={device}", f"agent.eval_every={10 * steps}",
+                        f"train.threads={threads}"], warmup)
     config = load_config(OURS, list(overrides))
     replay = FrameReplay.required_bytes(config.agent.replay.capacity, 1, (4, 10, 10))
     atari = FrameReplay.required_bytes(1_000_000, 1, ATARI_FRAME)
@@ -48,7 +55,8 @@ def bench_dqn(steps: int = 3_000, warmup: int = 1_000, device: str = "cpu", over
         "replay_bytes_per_frame": replay / config.agent.replay.capacity,
         "atari_1m_replay_gb": atari / 1e9,
         "sb3_atari_1m_replay_gb": 1_000_000 * 4 * 84 * 84 / 1e9,  # stacks, optimize_memory_usage (obs only once)
-        "hardware": {**hardware(), **({"gpu": torch.cuda.get_device_name(0)} if device.startswith("cuda") else {})},
+        "hardware": {**hardware(), "torch_threads": threads,
+                     **({"gpu": torch.cuda.get_device_name(0)} if device.startswith("cuda") else {})},
         "ratio": ours / sb3,
     }
 

@@ -7,6 +7,7 @@ import typing
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 import envs  # noqa: F401  (registers pixelpilot/...)
 from agents.core.agent import Agent, agent_class, train
@@ -14,6 +15,7 @@ from agents.core.config import load_config
 from agents.core.episodes import evaluate, play_episode
 from agents.core.registry import AGENTS
 from agents.core.run import Every
+from agents.random_agent import RandomAgent
 
 
 @pytest.mark.parametrize("kind", sorted(AGENTS))
@@ -90,3 +92,21 @@ def test_train_returns_the_run_directory_with_its_summary(tmp_path, capsys):
     (run_dir / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace("400", "800"))
     assert train(resume=run_dir, quiet=True) == run_dir  # resumed in place, to the new budget
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 800
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_train_threads_sets_torch_threads_while_the_run_trains_and_restores_them(tmp_path, monkeypatch, threads):
+    seen = []
+    original = RandomAgent.train
+    monkeypatch.setattr(RandomAgent, "train", lambda self, run: (seen.append(torch.get_num_threads()),
+                                                                  original(self, run)))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train(load_config("random_pendulum", [f"train.runs_dir={tmp_path}", "agent.total_steps=100",
+                                              f"train.threads={threads}"]), quiet=True)
+        assert seen == [threads] and torch.get_num_threads() == 2
+        train(load_config("random_pendulum", [f"train.runs_dir={tmp_path}", "agent.total_steps=100"]), quiet=True)
+        assert seen == [threads, 2]  # null: the process's own setting
+    finally:
+        torch.set_num_threads(before)
