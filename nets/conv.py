@@ -171,32 +171,40 @@ class ConvDecoder(nn.Module):
         return self.deconvs(self.project(latent).view(-1, *self.start_shape))
 
 
+def normed(layer: nn.Conv2d | nn.Linear, layer_norm: bool) -> list[nn.Module]:
+    """`layer`, then (with `layer_norm`) a layer norm of its output, then relu. A convolution's output is
+    normalised over each sample's whole feature map (C, H, W) with a scale and shift per channel
+    (`GroupNorm(1, C)`); a dense layer's over its units (`LayerNorm`)."""
+    if not layer_norm:
+        return [layer, nn.ReLU()]
+    norm = nn.GroupNorm(1, layer.out_channels) if isinstance(layer, nn.Conv2d) else nn.LayerNorm(layer.out_features)
+    return [layer, norm, nn.ReLU()]
+
+
 class NatureEncoder(nn.Module):
     """The DQN network body of Mnih et al. 2015: conv 32x8x8/4, 64x4x4/2, 64x3x3/1, then dense 512.
 
     Args:
         in_shape: image shape `(channels, height, width)`, 84x84 in the paper; at least 36x36.
         features_dim: size of the final dense layer.
+        layer_norm: normalise every layer before its relu (`normed`), as PQN's networks do.
 
     Shapes: `(batch, channels, height, width) float in [0, 1] -> (batch, features_dim)`.
     """
 
-    def __init__(self, in_shape: Sequence[int], features_dim: int = 512) -> None:
+    def __init__(self, in_shape: Sequence[int], features_dim: int = 512, layer_norm: bool = False) -> None:
         super().__init__()
         self.in_shape = _check_image_shape(in_shape, "in_shape")
         conv_output_sizes(self.in_shape[1:], [(8, 4, 0), (4, 2, 0), (3, 1, 0)], "NatureEncoder")
         self.convs = nn.Sequential(
-            nn.Conv2d(self.in_shape[0], 32, 8, 4),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 4, 2),
-            nn.ReLU(),
-            nn.Conv2d(64, 64, 3, 1),
-            nn.ReLU(),
+            *normed(nn.Conv2d(self.in_shape[0], 32, 8, 4), layer_norm),
+            *normed(nn.Conv2d(32, 64, 4, 2), layer_norm),
+            *normed(nn.Conv2d(64, 64, 3, 1), layer_norm),
             nn.Flatten(),
         )
         with torch.no_grad():
             flat_dim = self.convs(torch.zeros(1, *self.in_shape)).shape[1]
-        self.head = nn.Sequential(nn.Linear(flat_dim, features_dim), nn.ReLU())
+        self.head = nn.Sequential(*normed(nn.Linear(flat_dim, features_dim), layer_norm))
         self.features_dim = features_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -210,18 +218,19 @@ class MinAtarEncoder(nn.Module):
     Args:
         in_shape: image shape `(channels, 10, 10)` for MinAtar (any size of at least 3x3 works).
         features_dim: size of the final dense layer.
+        layer_norm: normalise every layer before its relu (`normed`), as PQN's networks do.
 
     Shapes: `(batch, channels, height, width) float in [0, 1] -> (batch, features_dim)`.
     """
 
-    def __init__(self, in_shape: Sequence[int], features_dim: int = 128) -> None:
+    def __init__(self, in_shape: Sequence[int], features_dim: int = 128, layer_norm: bool = False) -> None:
         super().__init__()
         self.in_shape = _check_image_shape(in_shape, "in_shape")
         conv_output_sizes(self.in_shape[1:], [(3, 1, 0)], "MinAtarEncoder")
-        self.convs = nn.Sequential(nn.Conv2d(self.in_shape[0], 16, 3, 1), nn.ReLU(), nn.Flatten())
+        self.convs = nn.Sequential(*normed(nn.Conv2d(self.in_shape[0], 16, 3, 1), layer_norm), nn.Flatten())
         with torch.no_grad():
             flat_dim = self.convs(torch.zeros(1, *self.in_shape)).shape[1]
-        self.head = nn.Sequential(nn.Linear(flat_dim, features_dim), nn.ReLU())
+        self.head = nn.Sequential(*normed(nn.Linear(flat_dim, features_dim), layer_norm))
         self.features_dim = features_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

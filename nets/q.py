@@ -114,6 +114,7 @@ class QNetwork(nn.Module):
         atoms: support size of the return distribution; 1 for plain Q-values.
         v_min, v_max: ends of the support (used only when `atoms > 1`).
         sigma0: initial noise scale of the `NoisyLinear` layers (used only when `noisy`).
+        layer_norm: LayerNorm on the head's hidden layer before its relu (PQN; the encoders have their own).
 
     Shapes: `obs (batch, channels, height, width) uint8, or float in [0, 1] -> (batch, num_actions)`.
     """
@@ -131,6 +132,7 @@ class QNetwork(nn.Module):
         v_min: float = -10.0,
         v_max: float = 10.0,
         sigma0: float = 0.5,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         if num_actions < 1:
@@ -157,7 +159,8 @@ class QNetwork(nn.Module):
         def stream(out_features: int) -> nn.Module:
             if hidden == 0:
                 return linear(features_dim, out_features)
-            return nn.Sequential(linear(features_dim, hidden), nn.ReLU(), linear(hidden, out_features))
+            norm = [nn.LayerNorm(hidden)] if layer_norm else []
+            return nn.Sequential(linear(features_dim, hidden), *norm, nn.ReLU(), linear(hidden, out_features))
 
         if dueling:
             self.value = stream(atoms)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from torch import nn
 
 import nets
 from nets.autoencoders import (
@@ -757,3 +758,28 @@ def test_ensemble_mlp_members_are_independent_networks():
     # member k is the MLP of its own weights
     first = torch.relu(inputs[2] @ ensemble.layers[0].weight[2] + ensemble.layers[0].bias[2])
     assert torch.allclose(outputs[2], first @ ensemble.layers[-1].weight[2] + ensemble.layers[-1].bias[2], atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder", [MinAtarEncoder((4, 10, 10), 32, layer_norm=True),
+                                     NatureEncoder((2, 40, 40), 64, layer_norm=True)])
+def test_layer_norm_encoders_normalise_every_layer_before_its_relu(encoder):
+    torch.manual_seed(0)
+    normed_outputs = []
+    for module in encoder.modules():
+        if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
+            module.register_forward_hook(lambda _, __, out: normed_outputs.append(out.flatten(1)))
+    images = torch.rand(8, *encoder.in_shape) * 5  # far from unit scale
+    assert encoder(images).shape == (8, encoder.features_dim)
+    convs = sum(isinstance(m, nn.Conv2d) for m in encoder.modules())
+    assert len(normed_outputs) == convs + 1  # every conv and the dense layer
+    for out in normed_outputs:  # per sample: mean 0, variance 1 (the affine starts at 1 and 0)
+        assert torch.allclose(out.mean(1), torch.zeros(8), atol=1e-4)
+        assert torch.allclose(out.var(1, unbiased=False), torch.ones(8), atol=1e-2)
+
+
+def test_without_layer_norm_the_encoders_and_heads_keep_their_parameter_names():
+    plain = MinAtarEncoder((4, 10, 10), 32)
+    assert not any(isinstance(m, (nn.GroupNorm, nn.LayerNorm)) for m in plain.modules())
+    assert list(plain.state_dict()) == ["convs.0.weight", "convs.0.bias", "head.0.weight", "head.0.bias"]
+    head = QNetwork(MinAtarEncoder((4, 10, 10), 32), 3, hidden=16, layer_norm=True).head
+    assert isinstance(head[1], nn.LayerNorm) and head[1].normalized_shape == (16,)
