@@ -4,7 +4,7 @@
     agents/core/          the platform: never an agent package, Ray, SB3, pygame or the user interface
     agents/ui/            watch and plot: the core (and envs' viewer), never an agent package
     agents/tune/          the cluster, Ray tasks, sweeps, PBT: the core and ui, never an agent package
-    agent families        random_agent, sb3, dqn/, ddm/: the layers below, never each other
+    agent families        random_agent, sb3, dqn/, pqn/, ddm/: the layers below, never each other
     agents/cli.py         the roof: the only module that may import everything
 
 and no module imports one of the project's modules inside a function (the way import circles hide).
@@ -20,7 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ("agents", "envs", "nets")
 LAYERS = {"envs": 0, "nets": 0, "agents.core": 1, "agents.ui": 2, "agents.tune": 3, "agents.random_agent": 4,
-          "agents.sb3": 4, "agents.dqn": 4, "agents.ddm": 4, "agents.cli": 5, "agents.__main__": 6, "agents": 4}
+          "agents.sb3": 4, "agents.dqn": 4, "agents.pqn": 4, "agents.ddm": 4, "agents.cli": 5, "agents.__main__": 6,
+          "agents": 4}
 FORBIDDEN_IN_CORE = ("ray", "stable_baselines3", "pygame")
 
 

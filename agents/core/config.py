@@ -79,6 +79,9 @@ class EnvConfig:
     id: str = "pixelpilot/Pendulum-v0"  # a registered Gymnasium id (pixelpilot/... or any other)
     num_envs: int = 1  # environments stepped together (agents that batch acting use this)
     kwargs: dict = field(default_factory=dict)  # passed to gymnasium.make / make_vec
+    # passed to make_vec only: the batched pixel envs' {backend: torch, device: cuda} keeps the training envs'
+    # states, frames and rewards on the GPU (the single env that eval and watch play stays on NumPy)
+    vector_kwargs: dict = field(default_factory=dict)
     # A Box env acted on through a list of actions (Discrete(n)), for value-based agents: [-2, 0, 2], or one
     # list per action for several dimensions; checked against the env's bounds when the env is made.
     discrete_actions: list | None = None

@@ -46,15 +46,25 @@ def make_vec_env(config: RunConfig) -> gym.vector.VectorEnv:
         raise ConfigError(env_id_error(config.env.id, err)) from None
     mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
     try:
-        vec = gym.make_vec(env_id, num_envs=config.env.num_envs, vectorization_mode=mode, **config.env.kwargs)
+        vec = gym.make_vec(env_id, num_envs=config.env.num_envs, vectorization_mode=mode,
+                           **config.env.kwargs, **config.env.vector_kwargs)
     except TypeError as err:
-        raise ConfigError(f"env.kwargs: {err}") from None
+        raise ConfigError(f"env.{'vector_kwargs' if config.env.vector_kwargs else 'kwargs'}: {err}") from None
     if config.env.discrete_actions is None:
         return vec
     table = action_table(config.env.discrete_actions, vec.single_action_space)
     single = gym.spaces.Discrete(len(table))
-    return gym.wrappers.vector.TransformAction(vec, lambda indices: table[np.asarray(indices)],
-                                               gym.vector.utils.batch_space(single, vec.num_envs), single)
+    if getattr(vec, "backend", "numpy") == "torch":  # a batched env on torch: indices and actions stay on its device
+        import torch
+
+        on_device = torch.as_tensor(table, device=vec.device)
+
+        def lookup(indices):
+            return on_device[torch.as_tensor(indices, device=vec.device)]
+    else:
+        def lookup(indices):
+            return table[np.asarray(indices)]
+    return gym.wrappers.vector.TransformAction(vec, lookup, gym.vector.utils.batch_space(single, vec.num_envs), single)
 
 
 def env_id_error(env_id: str, err: Exception) -> str:

@@ -14,6 +14,7 @@ AGENTS: dict[str, str] = {
     "sb3": "agents.sb3:SB3Agent",
     "ddm": "agents.ddm.agent:DDMAgent",
     "dqn": "agents.dqn.agent:DQNAgent",
+    "pqn": "agents.pqn.agent:PQNAgent",
 }
 
 

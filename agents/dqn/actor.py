@@ -1,4 +1,4 @@
-"""DQN's acting: the Q-network a config describes, and the Actor that steps a vector env epsilon-greedy with it.
+"""DQN's acting: the Actor that steps a vector env epsilon-greedy with a Q-network (agents/core/qnets.py).
 
 The training process's own acting (``ray.workers: 0``) and every Ray rollout worker (agents/dqn/distributed.py)
 are one :class:`Actor`; only the network and the generator differ.
@@ -6,39 +6,18 @@ are one :class:`Actor`; only the network and the generator differ.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-import nets
-from agents.core.config import ConfigError, RunConfig
+from agents.core.config import RunConfig
 from agents.core.envs import make_vec_env
+from agents.core.qnets import build_network, first_stacks
 from nets.q import QNetwork
 
-
-def build_network(config: RunConfig, frame_shape: tuple[int, ...], num_actions: int) -> QNetwork:
-    """The config's Q-network for frames of `frame_shape` (C, H, W), `frame_stack` of them stacked on channels."""
-    agent = config.agent
-    obs_shape = (frame_shape[0] * agent.frame_stack, *frame_shape[1:])
-    if agent.encoder["kind"] not in nets.ENCODER_KINDS:
-        raise ConfigError(f"agent.encoder.kind: {agent.encoder['kind']!r} is not an image encoder; choose one of "
-                          f"{', '.join(nets.ENCODER_KINDS)}")
-    try:
-        encoder = nets.build({**agent.encoder, "in_shape": obs_shape})
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"agent.encoder: {err}") from None
-    return QNetwork(encoder, num_actions, **asdict(agent.network))
-
-
-def first_stacks(frames: np.ndarray, stack: int) -> np.ndarray:
-    """The stacked observation of an episode's first frame: the frame `stack` times, whole frames one after
-    another on the channel axis (`(..., C, H, W) -> (..., stack * C, H, W)`), as FrameStackObservation pads."""
-    reps = [1] * frames.ndim
-    reps[-3] = stack
-    return np.tile(frames, reps)
+__all__ = ["Actor", "VectorStep", "build_network", "first_stacks"]
 
 
 class VectorStep(NamedTuple):
