@@ -32,6 +32,8 @@ from agents.ddm.bench import bench_ddm
 from agents.dqn.bench import bench_dqn
 from agents.dqn.bench_ray import bench_ray
 from agents.tune.pbt import pbt
+from agents.tune.score import TASKS as SCORE_TASKS
+from agents.tune.score import bench_score
 from agents.tune.sweep import sweep
 from agents.ui.plot import plot_runs
 from agents.ui.watch import watch
@@ -40,7 +42,7 @@ from envs.bench import bench_envs
 EXIT_BAD_INPUT = 2
 TITLE_WIDTH = 52  # of a recipe's first comment line in --help: with the longest name, a line fits 80 columns
 
-BENCHES = {"envs": bench_envs, "ddm": bench_ddm, "dqn": bench_dqn, "ray": bench_ray}
+BENCHES = {"envs": bench_envs, "ddm": bench_ddm, "dqn": bench_dqn, "ray": bench_ray, "score": bench_score}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,7 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ray.add_argument("--seconds", type=float, default=10.0, help="time per measurement (default 10)")
     bench_ray.add_argument("--address", default=None, help="run the workers on this Ray cluster (auto, HOST:PORT)")
     bench_ray.add_argument("overrides", nargs="*", help="key.sub=value overrides of configs/dqn_minatar_breakout.yaml")
-    for sub in (bench_envs, bench_ddm, bench_dqn, bench_ray):
+    bench_score = bench.add_parser("score", help="wall-clock and frames to a greedy score: ours vs SB3's DQN")
+    bench_score.add_argument("--task", choices=sorted(SCORE_TASKS), default="breakout",
+                             help="breakout: MinAtar Breakout to a greedy return of 10; pendulum: to a held swing-up")
+    bench_score.add_argument("--seeds", type=int, default=3, help="seeds of each recipe (default 3)")
+    bench_score.add_argument("--jobs", type=int, default=2, help="runs at once, one torch thread each (default 2)")
+    bench_score.add_argument("--eval-seconds", type=float, default=15.0,
+                             help="training wall-clock between greedy evaluations (default 15)")
+    bench_score.add_argument("--episodes", type=int, default=10, help="episodes per evaluation (default 10)")
+    bench_score.add_argument("--confirm", type=int, default=2,
+                             help="evaluations in a row at the target that reach it (default 2)")
+    bench_score.add_argument("--max-seconds", type=float, default=1800.0, help="a run's training clock at most")
+    bench_score.add_argument("--ours", default=None, help="our recipe (default: the task's)")
+    bench_score.add_argument("--baseline", default=None, help="the baseline's recipe (default: the task's)")
+    bench_score.add_argument("--runs-dir", default=None, help="keep the runs' directories here")
+    bench_score.add_argument("--address", default=None, help="run on this Ray cluster (auto, HOST:PORT)")
+    bench_score.add_argument("overrides", nargs="*", help="key.sub=value overrides of our recipe only")
+    for sub in (bench_envs, bench_ddm, bench_dqn, bench_ray, bench_score):
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         sub.set_defaults(handler=cmd_bench)
 

@@ -185,21 +185,28 @@ class SB3Agent:
     def env_steps(self) -> int:
         return int(self.model.num_timesteps)
 
-    def train(self, run: Run) -> None:
+    def train(self, run: Run, until: int | None = None) -> None:
+        """Train to agent.total_steps env steps, or only to `until` of them (a round of population-based
+        training or of `bench score`; the next call goes on with the same envs), checkpointing at the stop."""
         total = self.config.agent.total_steps
-        # A resumed run reseeds from where it stopped, so its episodes differ from the first run's.
-        self.vec_env.seed(self.config.seed + self.env_steps)
+        stop = total if until is None else min(until, total)
+        if self.model._last_obs is None:
+            # A resumed run reseeds from where it stopped, so its episodes differ from the first run's.
+            self.vec_env.seed(self.config.seed + self.env_steps)
         bar = run.progress(total, initial=self.env_steps)
-        callback = RunCallback(self, run, bar)
-        if self.env_steps < total:
-            # reset_num_timesteps=False keeps SB3's counters (and schedules) where a checkpoint left them.
+        callback = RunCallback(self, run, bar, stop)
+        if self.env_steps < stop:
+            # To total_steps, whatever the stop (the callback stops at it), so SB3's schedules (exploration,
+            # learning rate) run over the whole budget; reset_num_timesteps=False keeps its counters where a
+            # checkpoint or the previous round left them.
             self.model.learn(total_timesteps=total - self.env_steps, callback=callback, log_interval=None,
                              reset_num_timesteps=False)
         bar.close()
-        if self.last_eval.get("step") != self.env_steps:
+        if self.env_steps >= total and self.last_eval.get("step") != self.env_steps:
             run.log(self.env_steps, self.evaluate_and_track())
         run.save_checkpoint(self.state_dict(), self.env_steps)
-        self.vec_env.close()
+        if self.env_steps >= total:
+            self.vec_env.close()
 
     def summary(self) -> dict:
         result = {"env_steps": self.env_steps, **self.stats.summary(), "eval_return": self.last_eval.get("eval/return")}
@@ -282,13 +289,14 @@ class SB3Agent:
 
 class RunCallback(BaseCallback):
     """Called by SB3 after every vectorised env step: counts episodes, records env 0, logs, evaluates,
-    checkpoints, and stops SB3 exactly at ``total_steps``."""
+    checkpoints, and stops SB3 exactly at ``stop`` (total_steps, or the end of a round)."""
 
-    def __init__(self, agent: SB3Agent, run: Run, bar: Any) -> None:
+    def __init__(self, agent: SB3Agent, run: Run, bar: Any, stop: int) -> None:
         super().__init__()
         self.agent = agent
         self.run = run
         self.bar = bar
+        self.stop = stop  # env steps at which this call of learn() ends
         self.fps = env_fps(agent.vec_env.envs[0])
 
     def _on_training_start(self) -> None:
@@ -328,7 +336,7 @@ class RunCallback(BaseCallback):
             self.run.log(steps, metrics)
         if self.run.checkpoint_due(steps):
             self.run.save_checkpoint(agent.state_dict(), steps)
-        return steps < agent.config.agent.total_steps
+        return steps < self.stop
 
     def end_episode(self, index: int, info: Mapping[str, Any]) -> None:
         stats = self.agent.stats

@@ -31,3 +31,16 @@ def local_ray():
     start_ray(num_cpus=2)
     yield
     stop_ray()
+
+
+@pytest.fixture(scope="module")
+def workers_import_tests():
+    """Ray's worker processes, started by local_ray after this (list it first), import test_dqn (its DotEnv)."""
+    root, tests = Path(__file__).resolve().parents[1], Path(__file__).parent / "dqn"
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(root), str(tests), *([before] if before else [])])
+    yield
+    if before is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = before

@@ -119,6 +119,7 @@ def test_eval_prints_mean_and_spread_of_the_latest_checkpoint(tmp_path, capsys):
         (["bench", "ddm", "--seeds", "0"], "--seeds 0: must be >= 1"),
         (["bench", "ddm", "--seeds", "3,3"], "--seeds 3,3: expected distinct seeds"),
         (["bench", "dqn", "--threads", "0"], "--threads: must be >= 1, got 0"),
+        (["bench", "score", "--seeds", "0"], "--seeds, --jobs, --episodes, --confirm must be >= 1"),
         (["train", "pqn_minatar_breakout", "env.id=pixelpilot/Pendulum-v0"],
          "env.id: the pqn agent needs a discrete action space"),
         (["train", "pqn_minatar_breakout", "agent.rollout=0"], "agent.rollout: must be >= 1, got 0"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from agents.tune.pbt import COMPARE_PLOT, HISTORY_CSV, plan_pbt
 from agents.tune.sweep import RESULTS_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTS = ROOT / "tests" / "dqn"  # where test_dqn.py (its DotEnv) is
 DOT = "test_dqn:test/Dot-v0"
 BUDGET, ROUND = 500, 50
 
@@ -35,18 +33,6 @@ def dot_recipe(tmp_path: Path) -> Path:
         "  encoder: {kind: minatar_encoder, features_dim: 32}}\n"
         f"train: {{device: cpu, log_every: {ROUND}, checkpoint_every: 100000, runs_dir: '{tmp_path}'}}\n")
     return recipe
-
-
-@pytest.fixture(scope="module")
-def workers_import_tests():
-    """Ray's worker processes, started by local_ray after this, import test_dqn."""
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), *([before] if before else [])])
-    yield
-    if before is None:
-        del os.environ["PYTHONPATH"]
-    else:
-        os.environ["PYTHONPATH"] = before
 
 
 def read_csv(path: Path) -> list[dict]:
