@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ray = bench.add_parser("ray", help="env steps/s of 1..N Ray rollout workers vs one process")
     bench_ray.add_argument("--workers", type=int, default=None, help="most rollout workers (default: CPUs)")
     bench_ray.add_argument("--seconds", type=float, default=10.0, help="time per measurement (default 10)")
+    bench_ray.add_argument("--repeats", type=int, default=3, help="measurements of each figure, the median kept "
+                           "(default 3)")
     bench_ray.add_argument("--address", default=None, help="run the workers on this Ray cluster (auto, HOST:PORT)")
     bench_ray.add_argument("overrides", nargs="*", help="key.sub=value overrides of configs/dqn_minatar_breakout.yaml")
     bench_score = bench.add_parser("score", help="wall-clock and frames to a greedy score: ours vs SB3's DQN")

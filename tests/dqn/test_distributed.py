@@ -198,11 +198,16 @@ def test_replay_takes_one_workers_envs_and_their_initial_priorities():
 
 def test_ray_bench_reports_the_worker_rates_the_single_rate_and_the_ratio():
 
-    result = bench_ray(workers=1, seconds=0.5)  # one worker: each added one costs seconds of start-up here
+    result = bench_ray(workers=1, seconds=0.5, repeats=2)  # one worker: each added one costs seconds of start-up
     assert set(result["workers"]) == {1} and result["workers"][1] > 0
     assert result["single_steps_per_s"] > 0 and result["learner_updates_per_s"] > 0 and result["ray_start_s"] > 0
-    assert result["ratio"] == pytest.approx(result["workers"][1] / result["single_steps_per_s"])
-    assert result["single_steps_per_s"] == pytest.approx(sum(result["single_before_after"]) / 2)
+    assert len(result["rounds"]) == 2
+    for item in result["rounds"]:
+        assert item["ratio"] == pytest.approx(item["workers"][1] / item["single_steps_per_s"])
+        assert item["single_steps_per_s"] == pytest.approx(sum(item["single_before_after"]) / 2)
+        assert 0.5 < item["machine_scaling"] < 2.0  # one plain process against one: the same work, twice
+        assert item["ratio_to_machine"] == pytest.approx(item["ratio"] / item["machine_scaling"])
+    assert result["ratio"] == pytest.approx(np.median([item["ratio"] for item in result["rounds"]]))
     assert not rollout_worker_pids()
 
 
