@@ -15,7 +15,9 @@ The result also holds the replay's bytes per stored frame, and what a 1M-transit
 from __future__ import annotations
 
 import csv
+import statistics
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +26,8 @@ import torch
 from agents.core.agent import train
 from agents.core.bench import hardware
 from agents.core.config import ConfigError, load_config
+from agents.core.envs import make_env
+from agents.core.qnets import build_network
 from agents.dqn.replay import FrameReplay
 
 OURS = "dqn_minatar_breakout"
@@ -47,11 +51,16 @@ def bench_dqn(steps: int = 3_000, warmup: int = 1_000, device: str = "cpu", thre
                         f"train.log_every={warmup}", f"train.device={device}", f"agent.eval_every={10 * steps}",
                         f"train.threads={threads}"], warmup)
     config = load_config(OURS, list(overrides))
+    torch.set_num_threads(threads)
+    arithmetic = update_arithmetic_ms(config)
     replay = FrameReplay.required_bytes(config.agent.replay.capacity, 1, (4, 10, 10))
     atari = FrameReplay.required_bytes(1_000_000, 1, ATARI_FRAME)
     return {
         "env": config.env.id, "steps": steps, "warmup": warmup, "device": device, "overrides": list(overrides),
         "ours_steps_per_s": ours, "sb3_steps_per_s": sb3,
+        "ours_ms_per_step": 1000 / ours, "sb3_ms_per_step": 1000 / sb3,
+        # the bound: an update's network passes alone on fixed tensors (see update_arithmetic_ms)
+        "update_arithmetic_ms": arithmetic, "ours_step_over_arithmetic": 1000 / ours / arithmetic,
         "replay_bytes_per_frame": replay / config.agent.replay.capacity,
         "atari_1m_replay_gb": atari / 1e9,
         "sb3_atari_1m_replay_gb": 1_000_000 * 4 * 84 * 84 / 1e9,  # stacks, optimize_memory_usage (obs only once)
@@ -71,3 +80,30 @@ def measure(recipe: str, overrides: Sequence[str], warmup: int) -> float:
     rows = [row for row in rows if row[0] >= warmup]
     (first_step, first_wall), (last_step, last_wall) = rows[0], rows[-1]
     return (last_step - first_step) / (last_wall - first_wall)
+
+
+def update_arithmetic_ms(config, repeats: int = 300) -> float:
+    """Milliseconds of an update's bare arithmetic on this machine: the online network's forward and backward
+    on a batch, and the target network's forward on the next observations (the online's too, with `double`),
+    on tensors made once, with no sampling, loss bookkeeping or optimiser step: what one update per env step
+    cannot go below, whatever the per-operation overhead. The median of `repeats` timed passes."""
+    env = make_env(config)
+    shape = (config.agent.batch_size, env.observation_space.shape[0] * config.agent.frame_stack,
+             *env.observation_space.shape[1:])
+    num_actions = int(env.action_space.n)
+    env.close()
+    online = build_network(config, (shape[1] // config.agent.frame_stack, *shape[2:]), num_actions)
+    target = build_network(config, (shape[1] // config.agent.frame_stack, *shape[2:]), num_actions)
+    observations = torch.randint(0, 2, shape, dtype=torch.uint8)
+    following = torch.randint(0, 2, shape, dtype=torch.uint8)
+    times = []
+    for index in range(repeats + 20):  # the first 20 warm the allocator and the kernels up
+        started = time.perf_counter()
+        with torch.no_grad():
+            target(following)
+            if config.agent.double:
+                online(following)
+        online(observations).sum().backward()
+        if index >= 20:
+            times.append(time.perf_counter() - started)
+    return 1000 * float(statistics.median(times))

@@ -227,6 +227,11 @@ def test_dqn_bench_reports_both_rates_the_ratio_and_replay_sizes():
     assert result["ratio"] == pytest.approx(result["ours_steps_per_s"] / result["sb3_steps_per_s"])
     assert 400 <= result["replay_bytes_per_frame"] < 500  # one (4, 10, 10) frame and a few bytes
     assert result["atari_1m_replay_gb"] < 8 < result["sb3_atari_1m_replay_gb"]
+    assert result["hardware"]["torch_threads"] == 1  # both agents on one thread unless --threads says otherwise
+    # an update's network passes alone are a fraction of a whole step (acting, sampling, the optimiser)
+    assert 0 < result["update_arithmetic_ms"] < result["ours_ms_per_step"]
+    ratio = result["ours_ms_per_step"] / result["update_arithmetic_ms"]
+    assert result["ours_step_over_arithmetic"] == pytest.approx(ratio)
 
 
 def test_a_continuous_env_without_a_discrete_set_is_refused_naming_the_fix(tmp_path):
