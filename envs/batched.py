@@ -25,6 +25,8 @@ from gymnasium.vector.utils import batch_space
 
 Array = Any  # numpy.ndarray or torch.Tensor
 
+START_BLOCK = 128  # steps of start states the torch backend draws (and copies to its device) at once
+
 # Success for the pole tasks (pendulum, cart-pole): the pole within 20 degrees of upright
 # (|wrapped angle| <= 20 deg) in each of the last 20 frames of an episode.
 SUCCESS_ANGLE = np.deg2rad(20.0)
@@ -188,7 +190,9 @@ class BatchedPixelVectorEnv(VectorEnv):
     the autoreset step). With ``backend="torch"`` the state,
     observations, rewards, flags and infos are torch tensors on ``device``; start states are
     drawn from ``self.np_random`` for the whole batch every step (so both backends draw the same
-    numbers) and copied over.
+    numbers) and copied over. On torch they are drawn ``START_BLOCK`` steps ahead in one draw and one copy (the
+    same numbers: a task's ``sample_start`` of ``k * n`` states draws what ``k`` calls of ``n`` do), so a GPU
+    batch is not copied to from the host every step.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20, "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -222,6 +226,9 @@ class BatchedPixelVectorEnv(VectorEnv):
         self.episode_steps: Array | None = None
         self.previous_done: Array | None = None
         self.frames_on_target: Array | None = None  # (num_envs,) int64, consecutive on-target frames
+        self._starts: Array | None = None  # torch: (START_BLOCK, num_envs, state_dim) start states drawn ahead
+        self._starts_used = 0  # of them
+        self._starts_rng_state: dict | None = None  # np_random's state before they were drawn
 
     def _to_backend(self, array: np.ndarray) -> Array:
         if self.backend == "numpy":
@@ -230,7 +237,30 @@ class BatchedPixelVectorEnv(VectorEnv):
 
         return torch.as_tensor(array, device=self.device)
 
+    def _next_starts(self) -> Array:
+        """The start states of this step's draw: NumPy draws them now; torch takes them from a block drawn ahead."""
+        if self.backend == "numpy":
+            return self.task.sample_start(self.np_random, self.num_envs, None)
+        if self._starts is None or self._starts_used == len(self._starts):
+            self._starts_rng_state = self.np_random.bit_generator.state
+            block = self.task.sample_start(self.np_random, START_BLOCK * self.num_envs, None)
+            self._starts = self._to_backend(block.reshape(START_BLOCK, self.num_envs, -1))
+            self._starts_used = 0
+        self._starts_used += 1
+        return self._starts[self._starts_used - 1]
+
+    def _drop_starts_drawn_ahead(self) -> None:
+        """Put np_random back where step-by-step draws would have left it (torch's block drew ahead)."""
+        if self._starts is not None:
+            self.np_random.bit_generator.state = self._starts_rng_state
+            if self._starts_used:
+                self.task.sample_start(self.np_random, self._starts_used * self.num_envs, None)
+        self._starts, self._starts_used = None, 0
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is None:
+            self._drop_starts_drawn_ahead()
+        self._starts, self._starts_used = None, 0
         super().reset(seed=seed)
         self.state = self._to_backend(self.task.sample_start(self.np_random, self.num_envs, options))
         self.episode_steps = self._to_backend(np.zeros(self.num_envs, dtype=np.int64))
@@ -255,7 +285,7 @@ class BatchedPixelVectorEnv(VectorEnv):
         # now; their action is ignored and they report reward 0 and no termination.
         restart = self.previous_done
         self.episode_steps = xp.where(restart, 0, self.episode_steps + 1)
-        starts = self._to_backend(self.task.sample_start(self.np_random, self.num_envs, None))
+        starts = self._next_starts()
         self.state = xp.where(restart[:, None], starts, state)
         reward = xp.where(restart, 0.0 * reward, reward)
         terminated = terminated & ~restart

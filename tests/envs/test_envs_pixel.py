@@ -391,3 +391,31 @@ def test_gymnasium_rendering_prints_no_sdl_errors_without_a_desktop():
     )
     assert result.returncode == 0, result.stderr
     assert "XDG_RUNTIME_DIR" not in result.stderr and "ALSA" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("env_id", PIXEL_IDS, ids=PIXEL_IDS)
+def test_torch_backend_draws_start_states_ahead_yet_the_same_ones_across_resets(env_id, one_torch_thread,
+                                                                               monkeypatch):
+    torch = one_torch_thread
+    vector_class, kwargs = VECTOR_CLASSES[env_id]
+    numpy_env = vector_class(num_envs=4, max_episode_steps=7, **kwargs)
+    torch_env = vector_class(num_envs=4, max_episode_steps=7, backend="torch", device="cpu", **kwargs)
+    draws = []
+    original = torch_env.task.sample_start
+    monkeypatch.setattr(torch_env.task, "sample_start",
+                        lambda rng, count, options: (draws.append(count), original(rng, count, options))[1])
+    numpy_env.reset(seed=5)
+    torch_env.reset(seed=5)
+    actions = np.zeros(numpy_env.action_space.shape, numpy_env.single_action_space.dtype)
+    for step in range(300):
+        if step in (50, 200):  # resets without a seed go on with the generator where it stands
+            numpy_obs, _ = numpy_env.reset()
+            torch_obs, _ = torch_env.reset()
+        else:
+            numpy_obs, *_ = numpy_env.step(actions)
+            torch_obs, *_ = torch_env.step(torch.as_tensor(actions))
+        assert np.abs(torch_obs.numpy().astype(int) - numpy_obs).max() <= 1, step
+        np.testing.assert_allclose(torch_env.state.numpy(), numpy_env.state, rtol=1e-6, atol=1e-8)
+    # a block of 128 steps' start states per draw, not one draw (and one copy to the device) per step
+    steps_drawn = [count // 4 for count in draws if count > 4]
+    assert len(draws) < 12 and 128 in steps_drawn
