@@ -337,9 +337,12 @@ class DDMAgent:
                                "train/fit_chosen": float(attempt)})
             return losses
 
-        threads = min(fit.fits, torch.get_num_threads()) if self.device.type == "cpu" else 1
-        if threads > 1:  # the fits at once, one torch thread each (torch releases the GIL inside its ops)
-            with single_torch_thread(), ThreadPoolExecutor(threads) as pool:
+        at_once = self.device.type == "cpu" and torch.get_num_threads() > 1 and fit.fits > 1
+        if at_once:
+            # every fit at once, one torch thread each (torch releases the GIL inside its ops): with more fits
+            # than threads the system shares the cores among them, so three fits on two cores take ~1.5 fits'
+            # time, not two rounds (two at once, then one alone on one core)
+            with single_torch_thread(), ThreadPoolExecutor(fit.fits) as pool:
                 results = list(pool.map(run, range(fit.fits)))
         else:
             results = [run(attempt) for attempt in range(fit.fits)]
