@@ -126,6 +126,7 @@ def test_eval_prints_mean_and_spread_of_the_latest_checkpoint(tmp_path, capsys):
         (["train", "pqn_minatar_breakout", "agent.minibatches=5"],
          "agent.minibatches: 5 does not divide env.num_envs x agent.rollout = 32 x 16 = 512"),
         (["train", "pqn_minatar_breakout", "agent.q_lambda=1.5"], "agent.q_lambda: must be in [0, 1], got 1.5"),
+        (["train", "pqn_minatar_breakout", "agent.reward_scale=0"], "agent.reward_scale: must be > 0, got 0"),
         (["train", "random_pendulum", "train.threads=0"], "train.threads: expected a whole number >= 1"),
     ],
 )

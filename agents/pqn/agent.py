@@ -59,6 +59,7 @@ class Config:
     optimizer: str = "radam"  # "radam" (the paper's) or "adam"
     max_grad_norm: float = 10.0  # gradient norm clip (0: off)
     reward_clip: bool = False  # clip rewards to [-1, 1] for the targets (Atari)
+    reward_scale: float = 1.0  # rewards times this for the targets (after the clip); episode returns stay unscaled
     epsilon_start: float = 1.0  # exploration: epsilon decays linearly from start to end ...
     epsilon_end: float = 0.05
     epsilon_decay_steps: int = 250_000  # ... over this many env steps (after which it stays at epsilon_end)
@@ -76,6 +77,8 @@ class Config:
             raise ConfigError(f"q_lambda: must be in [0, 1], got {self.q_lambda}")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.reward_scale <= 0:
+            raise ConfigError(f"reward_scale: must be > 0, got {self.reward_scale}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         for key in ("epsilon_start", "epsilon_end", "eval_epsilon"):
@@ -94,7 +97,8 @@ class Rollout:
     def __init__(self, steps: int, num_envs: int, stack_shape: tuple[int, ...], device: torch.device) -> None:
         self.stacks = torch.zeros((steps, num_envs, *stack_shape), dtype=torch.uint8, device=device)
         self.actions = torch.zeros((steps, num_envs), dtype=torch.int64, device=device)
-        self.rewards = torch.zeros((steps, num_envs), device=device)
+        self.rewards = torch.zeros((steps, num_envs), device=device)  # for the targets (clipped, scaled)
+        self.env_rewards = torch.zeros((steps, num_envs), device=device)  # as the env gave them
         self.terminated = torch.zeros((steps, num_envs), dtype=torch.bool, device=device)
         self.truncated = torch.zeros((steps, num_envs), dtype=torch.bool, device=device)
         self.valid = torch.zeros((steps, num_envs), dtype=torch.bool, device=device)  # a transition, not a reset
@@ -201,7 +205,8 @@ class PQNAgent:
                 truncated = torch.as_tensor(truncated, device=self.device)
                 returns = returns + rewards
                 rollout.stacks[t], rollout.actions[t], rollout.valid[t] = stacks, actions, valid
-                rollout.rewards[t] = rewards.clamp(-1, 1) if agent.reward_clip else rewards
+                rollout.env_rewards[t] = rewards
+                rollout.rewards[t] = (rewards.clamp(-1, 1) if agent.reward_clip else rewards) * agent.reward_scale
                 rollout.terminated[t], rollout.truncated[t] = terminated, truncated
                 rollout.greedy_values[t] = q.max(1).values
                 rollout.returns[t] = returns
@@ -272,7 +277,7 @@ class PQNAgent:
         returns, success = rollout.returns.cpu().numpy(), rollout.success.cpu().numpy()
         # env 0's frame after each step: the newest frame of the next acting stack
         next_frames = torch.cat([rollout.stacks[1:, 0, -channels:], stacks[None, 0, -channels:]]).cpu().numpy()
-        actions, rewards = rollout.actions[:, 0].cpu().numpy(), rollout.rewards[:, 0].cpu().numpy()
+        actions, rewards = rollout.actions[:, 0].cpu().numpy(), rollout.env_rewards[:, 0].cpu().numpy()
         restarted = (~rollout.valid[:, 0]).cpu().numpy()
         for t in range(ended.shape[0]):
             episode.step(actions[t], rewards[t], next_frames[t], bool(restarted[t]))

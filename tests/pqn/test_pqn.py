@@ -106,3 +106,12 @@ def test_the_pendulum_on_the_torch_backend_trains_with_actions_and_frames_as_ten
     assert summary["env_steps"] == 1024 and summary["episodes"] == 8  # 256 steps of each env: 2 episodes of 100
     assert set(seen) == {torch.Tensor}  # actions went to the env as tensors, never through NumPy
     assert np.isfinite(summary["mean_return"])
+
+
+def test_reward_scale_scales_the_targets_only_not_the_returns_or_the_recorded_rewards(tmp_path):
+    config = dot_config(tmp_path, "agent.total_steps=1024", "agent.reward_scale=0.1", "train.record_every=1")
+    run_dir = train(config, quiet=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rewards = np.concatenate([np.load(path)["rewards"] for path in (run_dir / "episodes").glob("ep_*.npz")])
+    assert set(np.unique(rewards)) <= {0.0, 1.0} and rewards.max() == 1.0  # the env's own rewards
+    assert summary["mean_return"] > 0.1  # unscaled: an episode scores 0 or 1
