@@ -37,3 +37,23 @@ def first_stacks(frames: np.ndarray | torch.Tensor, stack: int) -> np.ndarray | 
     reps = [1] * frames.ndim
     reps[-3] = stack
     return frames.repeat(*reps) if isinstance(frames, torch.Tensor) else np.tile(frames, reps)
+
+
+def next_stack(stack: np.ndarray | None, obs: np.ndarray, size: int) -> np.ndarray:
+    """One env's stacked observation after `obs` (C, H, W): an episode's first frame `size` times (`stack` None,
+    after a reset), else the oldest frame dropped and `obs` added. For `act()` (eval, watch)."""
+    return first_stacks(obs, size) if stack is None else np.concatenate([stack[obs.shape[0]:], obs])
+
+
+def act_epsilon_greedy(network: QNetwork, stack: np.ndarray, epsilon: float, rng: np.random.Generator,
+                       device: torch.device) -> int:
+    """`act()`'s action on one stacked observation: random with probability `epsilon`, else the network's
+    greedy one, with the network in eval mode (noisy layers act on their mean weights) and put back after."""
+    if rng.random() < epsilon:
+        return int(rng.integers(network.num_actions))
+    training = network.training
+    network.eval()
+    with torch.no_grad():
+        action = int(network(torch.as_tensor(stack[None], device=device)).argmax(1))
+    network.train(training)
+    return action

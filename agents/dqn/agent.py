@@ -39,6 +39,7 @@ from agents.core.agent import Mutation
 from agents.core.config import ConfigError, RunConfig, at_least, config_class
 from agents.core.envs import env_fps, make_env
 from agents.core.episodes import EpisodeStats
+from agents.core.qnets import act_epsilon_greedy, next_stack
 from agents.core.run import (
     EpisodeRecorder,
     Every,
@@ -48,7 +49,7 @@ from agents.core.run import (
     set_generator_state,
     set_rng_state,
 )
-from agents.dqn.actor import Actor, build_network, first_stacks
+from agents.dqn.actor import Actor, build_network
 from agents.dqn.distributed import RolloutWorker, check_cluster, weights_of, worker_epsilons
 from agents.dqn.replay import FrameReplay, ReplaySamples
 from agents.dqn.replay_files import ReplayFiles
@@ -388,16 +389,8 @@ class DQNAgent:
 
     def act(self, obs: np.ndarray) -> int:
         """One observation -> the greedy action (epsilon `eval_epsilon`), on the last `frame_stack` frames."""
-        stack = self.config.agent.frame_stack
-        self.stack = first_stacks(obs, stack) if self.stack is None else np.concatenate(
-            [self.stack[obs.shape[0]:], obs])
-        if self.rng.random() < self.config.agent.eval_epsilon:
-            return int(self.rng.integers(self.num_actions))
-        self.online.eval()  # noisy layers act on their mean weights
-        with torch.no_grad():
-            action = int(self.online(torch.as_tensor(self.stack[None], device=self.device)).argmax(1))
-        self.online.train()
-        return action
+        self.stack = next_stack(self.stack, obs, self.config.agent.frame_stack)
+        return act_epsilon_greedy(self.online, self.stack, self.config.agent.eval_epsilon, self.rng, self.device)
 
     # state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

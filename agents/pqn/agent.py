@@ -34,7 +34,7 @@ from agents.core.agent import Mutation
 from agents.core.config import ConfigError, RunConfig, at_least, config_class
 from agents.core.envs import env_fps, make_env, make_vec_env
 from agents.core.episodes import EpisodeStats
-from agents.core.qnets import build_network, first_stacks
+from agents.core.qnets import act_epsilon_greedy, build_network, first_stacks, next_stack
 from agents.core.run import EpisodeRecorder, Every, Run, generator_state, rng_state, set_generator_state, set_rng_state
 from nets.q import QNetwork
 
@@ -315,13 +315,8 @@ class PQNAgent:
 
     def act(self, obs: np.ndarray) -> int:
         """One observation -> the greedy action (epsilon `eval_epsilon`), on the last `frame_stack` frames."""
-        stack = self.config.agent.frame_stack
-        self.stack = first_stacks(obs, stack) if self.stack is None else np.concatenate(
-            [self.stack[obs.shape[0]:], obs])
-        if self.rng.random() < self.config.agent.eval_epsilon:
-            return int(self.rng.integers(self.num_actions))
-        with torch.no_grad():
-            return int(self.network(torch.as_tensor(self.stack[None], device=self.device)).argmax(1))
+        self.stack = next_stack(self.stack, obs, self.config.agent.frame_stack)
+        return act_epsilon_greedy(self.network, self.stack, self.config.agent.eval_epsilon, self.rng, self.device)
 
     # state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
