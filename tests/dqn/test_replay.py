@@ -19,6 +19,15 @@ MARKER = 65535  # frame id of the steps that must not be stored (the autoreset s
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.fixture(autouse=True, params=[None, False], ids=["numpy", "torch"])
+def bookkeeping(request, monkeypatch):
+    """Every test on both of the replay's bookkeeping namespaces: NumPy views (a CPU replay's default) and torch
+    (the GPU's, here on the CPU)."""
+    if request.param is False:
+        defaults = FrameReplay.__init__.__defaults__
+        monkeypatch.setattr(FrameReplay.__init__, "__defaults__", (*defaults[:-1], False))
+
+
 def encode(ids: np.ndarray, channels: int = 1) -> np.ndarray:
     """Frames that spell their id: (n,) ids < 65536 -> (n, channels, 1, 2) uint8, every channel the same."""
     ids = np.asarray(ids, dtype=np.int64)
@@ -490,3 +499,31 @@ def test_cut_of_a_one_step_episode_leaves_no_transition_of_it():
     for step in range(3):
         replay.add(encode([10 + step]), [10 + step], [1.0], [False], [False], encode([11 + step]))
     assert set(replay.sample(50).actions.tolist()) <= {10, 11}
+
+
+@pytest.mark.parametrize("prioritized", [False, True], ids=["uniform", "prioritized"])
+def test_numpy_and_torch_bookkeeping_store_and_sample_the_same(prioritized, bookkeeping):
+    # The same steps (episode ends, autoreset masks, wrap-around, priorities) into a replay of each namespace, with
+    # generators seeded alike: the same storage after every step and the same batches, bit for bit; only the
+    # sum-tree's sums may differ in their last bit (NumPy sums 32 children pairwise, torch in its own order).
+    env = IdEnv(3, seed=5)
+    replays = [FrameReplay(60, 3, (1, 1, 2), stack=2, n_step=3, gamma=0.9, prioritized=prioritized, alpha=0.6,
+                           generator=torch.Generator().manual_seed(1), numpy_bookkeeping=numpy)
+               for numpy in (True, False)]
+    for step in range(120):
+        arguments = env.step()[0]
+        for replay in replays:
+            replay.add(**arguments)
+        states = [replay.state_dict() for replay in replays]
+        for name in states[0]:
+            if name == "tree":
+                torch.testing.assert_close(states[0][name], states[1][name], rtol=1e-14, atol=0)
+            elif name not in ("config", "generator"):
+                assert torch.equal(states[0][name], states[1][name]), name
+        if step > 10 and step % 3 == 0:
+            batches = [replay.sample(8, beta=0.5) for replay in replays]
+            for field in ReplaySamples._fields:
+                assert torch.equal(getattr(batches[0], field), getattr(batches[1], field)), field
+            priorities = torch.rand(8, generator=torch.Generator().manual_seed(step))
+            for replay, batch in zip(replays, batches, strict=True):
+                replay.update_priorities(batch.indices, priorities)
