@@ -197,10 +197,14 @@ class DDMAgent:
         self.model = DeepDynamicalModel(self.obs_shape, self.action_dim, self.bound.cpu(), **asdict(agent.model)
                                         ).to(self.device)
         self.model_optimizer = adam(self.model.parameters(), agent.fit.lr)
-        self.policy_net = Policy(agent.model.context, agent.model.latent_dim, self.bound, agent.policy.hidden,
-                                 agent.policy.critic_hidden if agent.policy.value else None,
-                                 agent.policy.squash).to(self.device)
-        self.policy_optimizer = adam(self.policy_net.parameters(), agent.policy.lr)
+        self.policy_net, self.policy_optimizer = self.new_policy()
+
+    def new_policy(self) -> tuple[Policy, torch.optim.Optimizer]:
+        """A freshly initialised feedback policy and its optimiser."""
+        agent = self.config.agent
+        policy = Policy(agent.model.context, agent.model.latent_dim, self.bound, agent.policy.hidden,
+                        agent.policy.critic_hidden if agent.policy.value else None, agent.policy.squash).to(self.device)
+        return policy, adam(policy.parameters(), agent.policy.lr)
 
     # the trial loop --------------------------------------------------------------------------------------
     def train(self, run: Run) -> None:
@@ -249,8 +253,9 @@ class DDMAgent:
             histories = self.latent_histories()
             if agent.policy.teacher == "cem":
                 losses.update(self.imitate_planner(histories))
-            losses["train/imagined_return"] = agent.policy.improve(self.model, self.policy_net, self.policy_optimizer,
-                                                                   histories)
+            self.policy_net, self.policy_optimizer, figures = agent.policy.search(
+                self.model, self.policy_net, self.policy_optimizer, histories, self.new_policy)
+            losses.update(figures)
             losses["time/policy_s"] = time.time() - started
         return losses
 

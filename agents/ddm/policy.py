@@ -3,7 +3,7 @@ through the learned model (`policy:`, :class:`PolicySearch`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -88,8 +88,16 @@ class PolicySearch:
     max_grad_norm: float = 1.0  # the search's gradients clipped to this norm (imagined returns are long chains)
     horizon: int = 30  # imagined steps per update
     batch: int = 256  # imagined rollouts per update (starts drawn from the data)
-    updates: int = 200  # policy updates per trial
+    updates: int = 200  # policy updates per trial (of each restart)
+    # restarts: policies searched per trial, each from a fresh initialisation, the one with the highest imagined
+    # return from every start of the data kept (searches on one model end far apart: 0 to 3 of 3 real trials held)
+    restarts: int = 1
     lr: float = 3e-3  # Adam learning rate of the policy
+    # focus: this share of each update's starts is drawn from the data's histories the model rewards most (its
+    # top `focus_top` share): the hold near upright is where a swing-up policy fails, and the data passes
+    # there seldom, so uniform starts rarely ask the search to keep the pole up; 0: all starts uniform
+    focus: float = 0.0
+    focus_top: float = 0.1
     # teacher "cem": before the search, the policy imitates the CEM planner (the cem: block) on the agent's own
     # states (DAgger, Ross et al. 2011; the supervised half of guided policy search): after each fit the planner
     # labels `labels` not yet labelled states of the newest trials (the states the policy itself visited), and
@@ -110,10 +118,16 @@ class PolicySearch:
     return_lambda: float = 0.95  # the lambda of the lambda-returns (value: true)
 
     def validate(self) -> None:
-        at_least(self, 1, "horizon", "batch", "labels")
+        at_least(self, 1, "horizon", "batch", "labels", "restarts")
+        if self.restarts > 1 and self.teacher != "none":
+            raise ConfigError(f"restarts: {self.restarts} restarts of a policy imitating a teacher "
+                              f"(teacher: {self.teacher}) would start from the same imitation; use restarts: 1")
         at_least(self, 0, "updates", "imitation_updates")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        for name in ("focus", "focus_top"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if self.max_grad_norm <= 0:
             raise ConfigError(f"max_grad_norm: must be > 0, got {self.max_grad_norm}")
         for name in ("discount", "return_lambda"):
@@ -134,6 +148,30 @@ class PolicySearch:
             value = float(loss.detach())
         return value
 
+    def search(self, model: DeepDynamicalModel, policy: Policy, optimizer: torch.optim.Optimizer,
+               starts: torch.Tensor, fresh: Callable[[], tuple[Policy, torch.optim.Optimizer]]
+               ) -> tuple[Policy, torch.optim.Optimizer, dict[str, float]]:
+        """`restarts` searches (:meth:`improve`): `policy` first, then fresh ones from `fresh()`; with more than one,
+        the policy with the highest :meth:`score` is kept. Returns it, its optimiser and the search's figures."""
+        best: tuple[Policy, torch.optim.Optimizer, dict[str, float]] | None = None
+        for attempt in range(self.restarts):
+            if attempt:
+                policy, optimizer = fresh()
+            figures = {"train/imagined_return": self.improve(model, policy, optimizer, starts)}
+            if self.restarts > 1:
+                figures.update({"train/policy_score": self.score(model, policy, starts),
+                                "train/policy_chosen": float(attempt)})
+                if best is not None and figures["train/policy_score"] <= best[2]["train/policy_score"]:
+                    continue
+            best = (policy, optimizer, figures)
+        assert best is not None
+        return best
+
+    def score(self, model: DeepDynamicalModel, policy: Policy, starts: torch.Tensor) -> float:
+        """The mean imagined return of `policy` over `horizon` steps from every start (through every member)."""
+        with torch.no_grad():
+            return float(imagined_return(model, policy, starts, self.horizon).mean())
+
     def improve(self, model: DeepDynamicalModel, policy: Policy, optimizer: torch.optim.Optimizer,
                 starts: torch.Tensor) -> float:
         """`updates` updates of `policy` (the model is not updated, nor are its gradients computed).
@@ -141,9 +179,16 @@ class PolicySearch:
         Shapes: `starts (N, context, latent_dim)`. Returns the mean imagined return of the last update.
         """
         value = float("nan")
+        focused = round(self.focus * self.batch)
+        if focused:
+            with torch.no_grad():
+                rewards = model.reward(starts[:, -1, :])
+            top = starts[rewards >= rewards.quantile(1.0 - self.focus_top)]
         with frozen(model):
             for _ in range(self.updates):
-                chosen = starts[torch.randint(0, starts.shape[0], (self.batch,), device=starts.device)]
+                chosen = starts[torch.randint(0, starts.shape[0], (self.batch - focused,), device=starts.device)]
+                if focused:
+                    chosen = torch.cat([chosen, top[torch.randint(0, top.shape[0], (focused,), device=top.device)]])
                 if self.value:
                     value = self.actor_critic_update(model, policy, optimizer, chosen)
                     continue

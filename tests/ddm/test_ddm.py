@@ -296,6 +296,70 @@ def test_policy_search_improves_imagined_return():
     assert policy(torch.tensor([[[-2.0]]])).item() > 0.5 and policy(torch.tensor([[[3.0]]])).item() < -0.5
 
 
+class StartsSpy(LinearModel):
+    """LinearModel recording the start histories of every imagined rollout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts: list[torch.Tensor] = []
+
+    def with_members(self, history: torch.Tensor) -> torch.Tensor:
+        self.starts.append(history.detach().clone())
+        return history
+
+
+@pytest.mark.parametrize("focus", [0.0, 0.5])
+def test_focus_draws_its_share_of_starts_from_the_most_rewarded_histories(focus):
+    # 200 starts, z from -3 to 3: the model's reward -(z - 1.5)^2 is highest for the 20 nearest 1.5 (focus_top
+    # 0.1); with focus 0.5 half of every batch comes from them, the rest uniformly from all 200.
+    torch.manual_seed(0)
+    model, policy = StartsSpy(), Policy(1, 1, torch.ones(1), [16])
+    starts = torch.linspace(-3, 3, 200).view(200, 1, 1)
+    top = set((starts[(starts.flatten() - 1.5).abs().argsort()[:20]]).flatten().tolist())
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    PolicySearch(horizon=2, batch=64, updates=20, focus=focus, focus_top=0.1).improve(model, policy, optimizer, starts)
+    assert len(model.starts) == 20
+    for batch in model.starts:
+        chosen = batch.flatten().tolist()
+        assert len(chosen) == 64
+        if focus:
+            assert all(z in top for z in chosen[32:])
+            assert sum(z in top for z in chosen[:32]) < 16  # the uniform half: ~10% from the top
+    share = sum(z in top for batch in model.starts for z in batch.flatten().tolist()) / (20 * 64)
+    assert (0.5 < share < 0.6) if focus else (share < 0.2)
+
+
+def test_restarts_keep_the_policy_with_the_highest_imagined_return_from_every_start():
+    torch.manual_seed(0)
+    model, starts = LinearModel(), torch.empty(64, 1, 1).uniform_(-3, 3)
+    search = PolicySearch(horizon=3, batch=16, updates=5, restarts=4)
+    made = []
+
+    def fresh():
+        policy = Policy(1, 1, torch.ones(1), [8])
+        made.append(policy)
+        return policy, torch.optim.Adam(policy.parameters(), lr=1e-2)
+
+    first, optimizer = fresh()
+    chosen, chosen_optimizer, figures = search.search(model, first, optimizer, starts, fresh)
+    assert len(made) == 4  # the first and three restarts
+    scores = [search.score(model, policy, starts) for policy in made]
+    assert len(set(scores)) == 4  # the restarts ended apart, so the choice matters
+    assert chosen is made[scores.index(max(scores))] and figures["train/policy_chosen"] == scores.index(max(scores))
+    assert chosen_optimizer.param_groups[0]["params"][0] is next(chosen.parameters())
+    assert figures["train/policy_score"] == max(scores)
+
+
+def test_restarts_with_a_teacher_are_refused():
+    with pytest.raises(ConfigError, match="restarts"):
+        PolicySearch(restarts=2, teacher="cem").validate()
+
+
+def test_focus_must_be_a_share():
+    with pytest.raises(ConfigError, match="focus"):
+        PolicySearch(focus=1.5).validate()
+
+
 @pytest.mark.parametrize("value", [False, True])
 def test_the_search_computes_no_gradient_for_the_model_and_leaves_it_trainable(value):
     torch.manual_seed(0)
