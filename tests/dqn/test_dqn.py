@@ -250,3 +250,31 @@ def test_a_resume_without_the_replay_refills_it_before_learning_again(tmp_path):
     train(resume=run_dir, quiet=True)  # the checkpoint holds no replay (train.save_replay is off)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 800 and summary["updates"] == 300 + 100  # 200 steps to refill, then 100
+
+
+@pytest.mark.parametrize("overrides", [[], ["agent.replay.n_step=3", "agent.double=true", "agent.network.atoms=11",
+                                              "agent.replay.prioritized=true"]], ids=["dqn", "rainbow-ish"])
+def test_the_compiled_update_learns_as_the_eager_one(overrides):
+    # agent.compile (torch.compile of the forward passes and loss; CUDA graphs on a GPU): the same losses and weights
+    # as the eager update from the same start, to float rounding.
+    config = load_config("dqn_minatar_breakout", ["agent.replay.capacity=2000", *overrides])
+    agents = []
+    for compiled in (False, True):
+        config.agent.compile = compiled
+        agent = DQNAgent(config, torch.device("cpu"))
+        agent.replay = agent.make_replay(1)
+        env = make_env(config)
+        obs, _ = env.reset(seed=0)
+        rng = np.random.default_rng(0)
+        for _ in range(300):
+            action = int(rng.integers(3))
+            following, reward, terminated, truncated, _ = env.step(action)
+            agent.replay.add(obs[None], [action], [reward], [terminated], [truncated], following[None])
+            obs = env.reset()[0] if terminated or truncated else following
+        torch.manual_seed(1)
+        agent.losses_seen = [float(agent.update()) for _ in range(8)]
+        agents.append(agent)
+    eager, compiled = agents
+    np.testing.assert_allclose(compiled.losses_seen, eager.losses_seen, rtol=1e-4, atol=1e-6)
+    for a, b in zip(eager.online.parameters(), compiled.online.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
