@@ -6,6 +6,7 @@ After Wahlstroem, Schoen and Deisenroth, "From Pixels to Torques" (2015) and Ass
     transition: last `context` latents z_{t-c+1..t}, a_t   -> z_{t+1}                 (residual MLP)
     decode:     z_t                                        -> logits of x_t           (..., C, H, W)
     reward:     z_t                                        -> r_t                     (the env's reward)
+    continue:   z_t                                        -> P(z_t is not terminal)  (optional, continue_hidden)
 
 A single frame shows where the pole is, not how fast it turns, so the transition reads the last two (or
 more) latents. Training is joint: besides reconstructing each frame, the model rolls the transition
@@ -28,6 +29,12 @@ windows and differ by their initialisation. An ensemble's rollouts carry the mem
 dimension: `transition`, `step` and `imagine` take histories `(K, ..., context, latent_dim)` (`with_members`
 makes them from one history) and actions without it (the same actions for every member); the joint loss
 scores every member's open-loop prediction and decodes the members' mean.
+
+`continue_hidden` adds a continue head (PlaNet's and Dreamer's for episodes that end): the probability that a
+latent is not a terminal state (a cart off its track, a pole past the balance threshold), learned from the
+trials' ends. An imagined return (:meth:`imagined_return`) then counts each step's reward only while the rollout
+has not ended, so a planner or policy search avoids termination even where the reward says nothing of it (the
+cart-pole balance pays 1 per step, whatever the state).
 """
 
 from __future__ import annotations
@@ -87,6 +94,8 @@ class DeepDynamicalModel(nn.Module):
             latents it predicts from). False: it trains the transition alone, and the encoder learns to be
             predictable through the pixel prediction term only, which cannot pull the latents to a point.
         ensemble: transition networks (members); above 1, an ensemble (module docstring).
+        continue_hidden: hidden sizes of the continue head (module docstring); None: no head, episodes are
+            taken never to end.
 
     Shapes: observations `(..., C, H, W)` uint8 (or float in [0, 1]); latents `(..., latent_dim)`;
     actions `(..., action_dim)`; histories `(..., context, latent_dim)`.
@@ -109,6 +118,7 @@ class DeepDynamicalModel(nn.Module):
         activation: Activation = "elu",
         latent_grad: bool = True,
         ensemble: int = 1,
+        continue_hidden: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if encoder not in get_args(Encoder):
@@ -146,6 +156,7 @@ class DeepDynamicalModel(nn.Module):
         else:
             self.transition_net = MLP(context * latent_dim + action_dim, out_dim, transition_hidden, activation)
         self.reward_net = MLP(latent_dim, 1, reward_hidden, activation)
+        self.continue_net = MLP(latent_dim, 1, continue_hidden, activation) if continue_hidden is not None else None
 
     # the four maps ------------------------------------------------------------------------------------
     def encode(self, observations: torch.Tensor) -> torch.Tensor:
@@ -194,6 +205,22 @@ class DeepDynamicalModel(nn.Module):
         """`(..., latent_dim)` -> `(...)` predicted rewards."""
         return self.reward_net(latents).squeeze(-1)
 
+    def continues(self, latents: torch.Tensor) -> torch.Tensor:
+        """`(..., latent_dim)` -> `(...)` the probability that each latent is not a terminal state (1 without a
+        continue head)."""
+        if self.continue_net is None:
+            return torch.ones(latents.shape[:-1], device=latents.device)
+        return torch.sigmoid(self.continue_net(latents).squeeze(-1))
+
+    def imagined_return(self, latents: torch.Tensor) -> torch.Tensor:
+        """The return of an imagined rollout: `(..., horizon, latent_dim)` latents after each action -> `(...)`,
+        the summed predicted rewards, each weighted by the probability that the rollout has not ended by then
+        (the product of the continue head's probabilities up to that latent); the plain sum without a head."""
+        rewards = self.reward(latents)
+        if self.continue_net is None:
+            return rewards.sum(-1)
+        return (rewards * self.continues(latents).cumprod(-1)).sum(-1)
+
     # rollouts -------------------------------------------------------------------------------------------
     def step(self, history: torch.Tensor, action: torch.Tensor, sample: bool = False) -> torch.Tensor:
         """The history shifted by one predicted latent (its mean, or a reparameterised sample).
@@ -223,6 +250,7 @@ class DeepDynamicalModel(nn.Module):
         actions: torch.Tensor,
         rewards: torch.Tensor,
         reward_mask: torch.Tensor | None = None,
+        continues: torch.Tensor | None = None,
         latent_weight: float = 10.0,
         reward_weight: float = 10.0,
     ) -> DDMLoss:
@@ -230,10 +258,12 @@ class DeepDynamicalModel(nn.Module):
 
         The first `context` frames are encoded; the transition then predicts the remaining `horizon`
         latents open-loop from them and the actions. `rewards[:, t]` is the reward of the step out of
-        frame `t`; `reward_mask` (1 = valid) excludes rewards that do not exist (after a trial's end).
+        frame `t`; `reward_mask` (1 = valid) excludes rewards that do not exist (after a trial's end);
+        `continues[:, t]` is 0 where the step out of frame `t` ended the episode (for the continue head, which
+        learns it from frame `t + 1`; None: no step ended one).
 
         Shapes: `observations (batch, context + horizon, C, H, W)` uint8, `actions (batch, context + horizon
-        - 1, action_dim)`, `rewards, reward_mask (batch, context + horizon - 1)`.
+        - 1, action_dim)`, `rewards, reward_mask, continues (batch, context + horizon - 1)`.
         """
         batch, length = observations.shape[:2]
         horizon = length - self.context
@@ -243,7 +273,8 @@ class DeepDynamicalModel(nn.Module):
         )
         images = to_float(observations)
         latents = self.encode(images)  # (batch, length, latent_dim)
-        predicted, prediction_latent, reward_error = self.latent_losses(latents, actions, rewards, reward_mask)
+        predicted, prediction_latent, reward_error = self.latent_losses(latents, actions, rewards, reward_mask,
+                                                                        continues)
         if not self.latent_grad:  # the same rollout from latents without gradients to the encoder
             prediction_latent = self.latent_losses(latents.detach(), actions, rewards, reward_mask)[1]
         # every frame's reconstruction and the predictions decoded in one pass (one set of larger matrix products)
@@ -259,6 +290,7 @@ class DeepDynamicalModel(nn.Module):
         actions: torch.Tensor,
         rewards: torch.Tensor,
         reward_mask: torch.Tensor | None = None,
+        continues: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Open-loop latent prediction over windows of encoded latents, and its latent and reward errors.
 
@@ -267,7 +299,8 @@ class DeepDynamicalModel(nn.Module):
 
         Shapes: `latents (batch, context + horizon, latent_dim)`, `actions (batch, context + horizon - 1,
         action_dim)`, `rewards, reward_mask (batch, context + horizon - 1)` -> predicted latents `(batch,
-        horizon, latent_dim)`, latent error (scalar), reward error (scalar).
+        horizon, latent_dim)`, latent error (scalar), reward error (scalar; with a continue head, plus its binary
+        cross-entropy on whether each encoded and predicted latent after a step is terminal, `continues`).
         """
         if reward_mask is None:
             reward_mask = torch.ones_like(rewards)
@@ -297,6 +330,15 @@ class DeepDynamicalModel(nn.Module):
         mask = torch.cat([reward_mask, reward_mask[:, self.context :]], dim=1)
         reward_error = (((self.reward(reward_latents) - reward_targets) ** 2 * mask).sum()
                         / (mask.sum() * self.ensemble).clamp(min=1))
+        if self.continue_net is not None:  # the latent after each step: terminal where that step ended the episode
+            if continues is None:
+                continues = torch.ones_like(rewards)
+            after = torch.cat([self.with_members(latents[:, 1:]), predicted], dim=-2)
+            targets = torch.cat([continues, continues[:, self.context - 1 :]], dim=1).expand(after.shape[:-1])
+            mask = torch.cat([reward_mask, reward_mask[:, self.context - 1 :]], dim=1)
+            cross_entropy = F.binary_cross_entropy_with_logits(self.continue_net(after).squeeze(-1), targets,
+                                                               reduction="none")
+            reward_error = reward_error + (cross_entropy * mask).sum() / (mask.sum() * self.ensemble).clamp(min=1)
         # an ensemble's members are scored one by one above; the pixels of its prediction are the members' mean
         return self.members_mean(predicted), latent_error.mean(), reward_error
 

@@ -46,6 +46,7 @@ class PlayedEpisode(NamedTuple):
     rewards: np.ndarray  # (T,) float32
     return_: float  # the rewards' sum (in float64)
     success: bool | None  # the env's info["is_success"] on the last step; None if the env has no success rule
+    terminated: bool = False  # the last step ended the episode (not a truncation, nor a cut at max_steps)
 
 
 def episode_steps(env: gym.Env, act: Callable[[np.ndarray], Any], seed: int,
@@ -70,7 +71,7 @@ def play_episode(env: gym.Env, act: Callable[[np.ndarray], Any], seed: int,
     success = steps[-1].info.get("is_success")
     rewards = [step.reward for step in steps]
     return PlayedEpisode(frames, np.stack([np.asarray(step.action) for step in steps]), np.asarray(rewards, np.float32),
-                         float(sum(rewards)), None if success is None else bool(success))
+                         float(sum(rewards)), None if success is None else bool(success), steps[-1].terminated)
 
 
 class Evaluation(NamedTuple):

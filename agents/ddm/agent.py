@@ -370,7 +370,7 @@ class DDMAgent:
         else:
             act = HeldRandomActions(bound, agent.random_hold, agent.random_bang_bang, self.rng)
         episode = play_episode(env, act, seed, max_steps=agent.trial_steps)
-        return Trial(episode.frames, episode.actions, episode.rewards), bool(episode.success)
+        return Trial(episode.frames, episode.actions, episode.rewards, episode.terminated), bool(episode.success)
 
     # acting ----------------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -492,7 +492,8 @@ class DDMAgent:
             "model": self.model.state_dict(), "model_optimizer": self.model_optimizer.state_dict(),
             "policy": self.policy_net.state_dict(), "policy_optimizer": self.policy_optimizer.state_dict(),
             "trials": [{"frames": torch.from_numpy(trial.frames), "actions": torch.from_numpy(trial.actions),
-                        "rewards": torch.from_numpy(trial.rewards)} for trial in self.trials],
+                        "rewards": torch.from_numpy(trial.rewards), "terminated": trial.terminated}
+                       for trial in self.trials],
             "successes": list(self.successes), "returns": list(self.returns), "model_error_10": self.model_error_10,
             "teacher_labels": [(trial, window, torch.from_numpy(action)) for trial, window, action
                                in self.teacher_labels],
@@ -504,7 +505,8 @@ class DDMAgent:
         self.model_optimizer.load_state_dict(state["model_optimizer"])
         self.policy_net.load_state_dict(state["policy"])
         self.policy_optimizer.load_state_dict(state["policy_optimizer"])
-        self.trials = [Trial(item["frames"].numpy(), item["actions"].numpy(), item["rewards"].numpy())
+        self.trials = [Trial(item["frames"].numpy(), item["actions"].numpy(), item["rewards"].numpy(),
+                             bool(item.get("terminated", False)))  # not kept before 2026-12-06
                        for item in state["trials"]]
         self.successes = [bool(value) for value in state["successes"]]
         self.returns = [float(value) for value in state["returns"]]

@@ -386,7 +386,7 @@ def fit_separately(model: DeepDynamicalModel, fit: Fit, buffer: TrialBuffer, upd
     model.train()
     for parameters, terms in phases:
         def loss(windows: Windows, update: int, terms: tuple[str, ...] = terms) -> tuple[torch.Tensor, dict]:
-            values = model.loss(*windows, fit.latent_weight, fit.reward_weight)
+            values = model.loss(*windows, latent_weight=fit.latent_weight, reward_weight=fit.reward_weight)
             return sum(weights[name] * getattr(values, name) for name in terms), {}
 
         optimizer = torch.optim.Adam(parameters, lr=fit.lr)

@@ -18,6 +18,7 @@ class Trial(NamedTuple):
     frames: np.ndarray  # (T + 1, C, H, W) uint8
     actions: np.ndarray  # (T, A) float32
     rewards: np.ndarray  # (T,) float32
+    terminated: bool = False  # the trial's last step ended the episode (the cart off its track, the pole fallen)
 
 
 class HeldRandomActions:
@@ -44,6 +45,7 @@ class Windows(NamedTuple):
     actions: torch.Tensor  # (batch, length - 1, action_dim): the action out of each frame but the last
     rewards: torch.Tensor  # (batch, length - 1): the reward of each of those steps
     valid: torch.Tensor  # (batch, length - 1): 1 where the step happened (0 past a trial's end)
+    continues: torch.Tensor | None = None  # (batch, length - 1): 0 where the step ended the episode, else 1
 
 
 class TrialBuffer(NamedTuple):
@@ -53,6 +55,7 @@ class TrialBuffer(NamedTuple):
     actions: torch.Tensor  # (N, T, action_dim)
     rewards: torch.Tensor  # (N, T)
     valid: torch.Tensor  # (N, T): 1 where the step happened
+    continues: torch.Tensor | None = None  # (N, T): 0 at the step that ended a terminated trial, else 1
 
     @classmethod
     def of(cls, trials: Iterable[Trial], device: torch.device | str = "cpu") -> TrialBuffer:
@@ -63,12 +66,20 @@ class TrialBuffer(NamedTuple):
         actions = np.zeros((count, steps, trials[0].actions.shape[1]), np.float32)
         rewards = np.zeros((count, steps), np.float32)
         valid = np.zeros((count, steps), np.float32)
+        continues = np.ones((count, steps), np.float32)
         for index, trial in enumerate(trials):
             length = len(trial.actions)
             frames[index, : length + 1] = trial.frames
             frames[index, length + 1 :] = trial.frames[-1]
             actions[index, :length], rewards[index, :length], valid[index, :length] = trial.actions, trial.rewards, 1
-        return cls(*(torch.from_numpy(array).to(device) for array in (frames, actions, rewards, valid)))
+            if trial.terminated:
+                continues[index, length - 1] = 0.0
+        return cls(*(torch.from_numpy(array).to(device) for array in (frames, actions, rewards, valid, continues)))
+
+    def window_length(self, wanted: int) -> int:
+        """`wanted` frames, or as many as the longest trial has where every trial is shorter (a balance task's
+        first trials end after a few steps, when the pole falls): windows lie within a trial."""
+        return min(wanted, int(self.valid.sum(1).max()) + 1)
 
     @torch.no_grad()
     def encoded(self, model: DeepDynamicalModel) -> TrialBuffer:
@@ -81,7 +92,7 @@ class TrialBuffer(NamedTuple):
         index = start + torch.arange(length, device=start.device)  # (batch, length) frame indices
         steps = index[:, :-1]
         return Windows(self.observations[trial, index], self.actions[trial, steps], self.rewards[trial, steps],
-                       self.valid[trial, steps])
+                       self.valid[trial, steps], None if self.continues is None else self.continues[trial, steps])
 
     def sample(self, length: int, batch: int, focus: float = 0.0, generator: torch.Generator | None = None) -> Windows:
         """`batch` random windows of `length` frames (uniform over starts; from `generator`, or torch's global one).
@@ -94,7 +105,8 @@ class TrialBuffer(NamedTuple):
         starts = steps + 2 - length
         windows = self.rewards.unfold(1, length - 1, 1)[:, :starts].mean(-1)  # (count, starts)
         usable = self.valid.unfold(1, length - 1, 1)[:, :starts].amin(-1) > 0
-        score = (windows - windows[usable].mean()) / windows[usable].std().clamp(min=1e-6)
+        spread = windows[usable].std().clamp(min=1e-6) if usable.sum() > 1 else torch.ones((), device=windows.device)
+        score = (windows - windows[usable].mean()) / spread
         weights = torch.where(usable, score.exp(), torch.zeros_like(score)).flatten()
         focused = int(round(focus * batch)) if weights.sum() > 0 else 0
         flat = torch.randint(0, count * starts, (batch,), device=self.rewards.device, generator=generator)

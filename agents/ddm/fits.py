@@ -69,7 +69,7 @@ def optimise(
 def pixel_score(model: DeepDynamicalModel, buffer: TrialBuffer, prediction_horizon: int, stride: int = 4) -> float:
     """The model's pixel loss (reconstruction + open-loop prediction) on every `stride`-th window of the data:
     the same windows for every model fitted on the same data, so fits can be compared."""
-    loss = model.loss(*buffer.every(model.context + prediction_horizon, stride))
+    loss = model.loss(*buffer.every(buffer.window_length(model.context + prediction_horizon), stride))
     return float(loss.reconstruction + loss.prediction_pixels)
 
 
@@ -120,10 +120,11 @@ class Fit:
         """`updates` joint updates (DeepDynamicalModel.loss) on random windows (drawn from `generator`, torch's
         global one if None); the first `warmup` leave out the latent prediction term (`latent_warmup`). Returns
         the mean loss terms of the last 50 updates."""
-        length = model.context + self.prediction_horizon
+        length = buffer.window_length(model.context + self.prediction_horizon)
 
         def loss(windows: Windows, update: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            terms = model.loss(*windows, 0.0 if update < warmup else self.latent_weight, self.reward_weight)
+            terms = model.loss(*windows, latent_weight=0.0 if update < warmup else self.latent_weight,
+                               reward_weight=self.reward_weight)
             return terms.total, terms._asdict()
 
         model.train()
@@ -136,8 +137,9 @@ class Fit:
         """`dynamics_updates` updates of the transition and reward head alone, with a fresh Adam, on latents
         encoded once, with the same open-loop multi-step latent and reward losses as the joint fit."""
         latents = buffer.encoded(model)
-        length = model.context + self.prediction_horizon
-        optimizer = adam([*model.transition_net.parameters(), *model.reward_net.parameters()], self.lr)
+        length = buffer.window_length(model.context + self.prediction_horizon)
+        heads = [*model.reward_net.parameters(), *(model.continue_net.parameters() if model.continue_net else ())]
+        optimizer = adam([*model.transition_net.parameters(), *heads], self.lr)
 
         def loss(windows: Windows, update: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             _, latent_error, reward_error = model.latent_losses(*windows)

@@ -13,8 +13,8 @@ from nets.ddm import DeepDynamicalModel
 
 @dataclass
 class CEM:
-    """The cross-entropy method over action sequences, scored by the model's summed predicted rewards (the
-    `cem:` block).
+    """The cross-entropy method over action sequences, scored by the model's imagined return (the summed predicted
+    rewards, while the rollout has not ended: DeepDynamicalModel.imagined_return) (the `cem:` block).
 
     A stochastic model scores each sequence by the mean return of `particles` sampled rollouts (as PETS
     does): scored on one sample each, the elites are the luckiest draws, which favours the sequences whose
@@ -61,9 +61,9 @@ class CEM:
             repeated = actions.unsqueeze(1).expand(count, particles, *actions.shape[1:])
             rollouts = model.imagine(histories, repeated.reshape(-1, horizon, action_dim), sample=True)
             if members == 1:
-                returns = model.reward(rollouts).sum(-1).view(count, particles, self.candidates).mean(1)
+                returns = model.imagined_return(rollouts).view(count, particles, self.candidates).mean(1)
             else:  # (members, count, candidates): each member's mean over its particles
-                returns = model.reward(rollouts).sum(-1).view(members, count, particles, self.candidates).mean(2)
+                returns = model.imagined_return(rollouts).view(members, count, particles, self.candidates).mean(2)
                 returns = returns.mean(0) - self.risk * returns.std(0)
             best = actions[rows, returns.topk(self.elites, dim=1).indices]  # (B, elites, horizon, action_dim)
             mean, std = best.mean(1), best.std(1) + 1e-3 * bound
@@ -95,11 +95,12 @@ class GradientShooting:
         optimizer = torch.optim.Adam([parameters], lr=self.lr)
         histories = model.with_members(history.expand(self.candidates, *history.shape))
         for _ in range(self.iterations):
-            returns = model.members_mean(model.reward(model.imagine(histories, bound * torch.tanh(parameters))).sum(-1))
+            rollouts = model.imagine(histories, bound * torch.tanh(parameters))
+            returns = model.members_mean(model.imagined_return(rollouts))
             optimizer.zero_grad()
             (-returns.sum()).backward()
             optimizer.step()
         with torch.no_grad():
             actions = bound * torch.tanh(parameters)
-            returns = model.members_mean(model.reward(model.imagine(histories, actions)).sum(-1))
+            returns = model.members_mean(model.imagined_return(model.imagine(histories, actions)))
             return actions[returns.argmax()]

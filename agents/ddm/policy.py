@@ -53,15 +53,22 @@ def lambda_returns(rewards: torch.Tensor, values: torch.Tensor, discount: float,
 
 
 def imagined_return(model: DeepDynamicalModel, policy: Policy, histories: torch.Tensor, horizon: int) -> torch.Tensor:
-    """Summed predicted rewards of `policy` acting for `horizon` steps in the model from each history.
+    """Summed predicted rewards of `policy` acting for `horizon` steps in the model from each history (each weighted
+    by the probability that the rollout has not ended, with a continue head: as DeepDynamicalModel.imagined_return).
 
     Shapes: `histories (batch, context, latent_dim)` -> `(batch,)` (an ensemble's: the members' mean).
     """
     histories = model.with_members(histories)
     total = torch.zeros(histories.shape[:-2], device=histories.device)
+    alive = None  # with a continue head: the probability that the rollout has not ended yet
     for _ in range(horizon):
         histories = model.step(histories, policy(histories), sample=True)
-        total = total + model.reward(histories[..., -1, :])
+        latent = histories[..., -1, :]
+        if model.continue_net is None:
+            total = total + model.reward(latent)
+        else:
+            alive = model.continues(latent) if alive is None else alive * model.continues(latent)
+            total = total + alive * model.reward(latent)
     return model.members_mean(total)
 
 
@@ -205,10 +212,13 @@ class PolicySearch:
         """One update of `value: true`: the policy acts `horizon` steps in the model from `starts`; the actor
         ascends the mean lambda-return (through the model), the critic regresses each imagined history's value
         on its lambda-return (no gradient into the rollout). Returns the mean lambda-return from the starts."""
-        histories, rewards = [model.with_members(starts)], []
+        histories, rewards, alive = [model.with_members(starts)], [], 1.0
         for _ in range(self.horizon):
             histories.append(model.step(histories[-1], policy(histories[-1]), sample=True))
-            rewards.append(model.reward(histories[-1][..., -1, :]))
+            latent = histories[-1][..., -1, :]
+            if model.continue_net is not None:  # rewards count while the rollout has not ended
+                alive = alive * model.continues(latent)
+            rewards.append(alive * model.reward(latent))
         # (batch, horizon + 1, context, latent_dim); an ensemble's members' rollouts side by side in the batch
         states = torch.stack(histories, -3).reshape(-1, self.horizon + 1, *starts.shape[-2:])
         rewards = torch.stack(rewards, -1).reshape(-1, self.horizon)

@@ -172,9 +172,13 @@ class LinearModel(nn.Module):
     """A known latent system for the planners: z' = z + a, reward = -(z - 1.5)^2 (1-d, context 1)."""
 
     context, latent_dim, stochastic, ensemble = 1, 1, False, 1
+    continue_net = None
 
     def with_members(self, history: torch.Tensor) -> torch.Tensor:
         return history
+
+    def imagined_return(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.reward(latents).sum(-1)
 
     def members_mean(self, values: torch.Tensor) -> torch.Tensor:
         return values
@@ -606,7 +610,7 @@ def test_latent_warmup_leaves_the_latent_term_out_of_the_first_updates_of_a_fit_
     loss = agent.model.loss
 
     def watched(*args, **kwargs):
-        weights.append(args[4])
+        weights.append(kwargs["latent_weight"])
         return loss(*args, **kwargs)
 
     monkeypatch.setattr(agent.model, "loss", watched)
@@ -895,3 +899,64 @@ def test_the_first_controlled_trial_is_the_same_bit_for_bit_on_one_thread_and_on
     for first, second in zip(one["trials"], two["trials"], strict=True):
         assert torch.equal(first["actions"], second["actions"]) and torch.equal(first["frames"], second["frames"])
     assert one["returns"] == two["returns"]
+
+
+def test_a_terminated_trial_marks_its_last_step_as_the_end_and_windows_carry_it():
+    ended = Trial(np.zeros((6, 1, 2, 2), np.uint8), np.zeros((5, 1), np.float32), np.ones(5, np.float32), True)
+    cut = Trial(np.zeros((9, 1, 2, 2), np.uint8), np.zeros((8, 1), np.float32), np.ones(8, np.float32))
+    buffer = TrialBuffer.of([ended, cut])
+    assert buffer.continues.tolist() == [[1, 1, 1, 1, 0, 1, 1, 1], [1] * 8]
+    windows = buffer.windows(torch.tensor([[0]]), torch.tensor([[2]]), 4)
+    assert windows.continues.tolist() == [[1, 1, 0]]
+
+
+def test_the_imagined_return_counts_rewards_while_the_rollout_has_not_ended():
+    model = DeepDynamicalModel(OBS_SHAPE, 1, 1.0, latent_dim=1, context=1, encoder_hidden=(8,), continue_hidden=(4,))
+
+    class Fixed(nn.Module):
+        def __init__(self, function):
+            super().__init__()
+            self.function = function
+
+        def forward(self, latents):
+            return self.function(latents)
+
+    model.reward_net = Fixed(lambda z: torch.full_like(z, 2.0))
+    model.continue_net = Fixed(lambda z: torch.where(z > 1, -30.0, 30.0))  # terminal past 1
+    latents = torch.tensor([[[0.5], [0.9], [1.5], [0.2]], [[0.1], [0.2], [0.3], [0.4]]])
+    torch.testing.assert_close(model.imagined_return(latents), torch.tensor([4.0, 8.0]))
+    model.continue_net = None
+    torch.testing.assert_close(model.imagined_return(latents), torch.tensor([8.0, 8.0]))
+
+
+def test_the_continue_head_learns_which_latent_after_a_step_is_terminal():
+    # z' = z + a; a step ends the episode when it lands past 1. Fed the latent before the step instead, the head
+    # could not be sure (from z = 0.5, a step ends it a quarter of the time): it must read the latent after.
+    torch.manual_seed(0)
+    model = DeepDynamicalModel(OBS_SHAPE, 1, 1.0, latent_dim=1, context=1, encoder_hidden=(8,),
+                               transition_hidden=(16,), continue_hidden=(16, 16))
+    optimizer = torch.optim.Adam([*model.transition_net.parameters(), *model.continue_net.parameters(),
+                                  *model.reward_net.parameters()], lr=1e-2)
+    for _ in range(600):
+        start = torch.rand(256, 1, 1) * 4 - 2
+        actions = torch.rand(256, 1, 1) * 2 - 1
+        latents = torch.cat([start, start + actions], 1)
+        continues = (latents[:, 1, 0] <= 1).float().unsqueeze(1)
+        _, latent_error, error = model.latent_losses(latents, actions, torch.zeros(256, 1), None, continues)
+        optimizer.zero_grad()
+        (latent_error + error).backward()
+        optimizer.step()
+    probabilities = model.continues(torch.tensor([[-1.0], [0.5], [0.8], [1.2], [1.5]])).tolist()
+    assert min(probabilities[:3]) > 0.8 and max(probabilities[3:]) < 0.2, probabilities
+
+
+def test_a_continue_head_run_keeps_the_trials_ends_through_a_resume(tmp_path):
+    config = tiny_config(tmp_path, "env.id=pixelpilot/CartPoleBalance-v0", "env.kwargs={image_size: 40}",
+                         "agent.model.continue_hidden=[8]", "agent.trials=2")
+    run_dir = train(config, quiet=True)
+    state = load_checkpoint(checkpoint_paths(run_dir)[-1])["agent"]
+    assert [trial["terminated"] for trial in state["trials"]] == [True, True]  # random pushes topple the pole
+    agent = DDMAgent(config, torch.device("cpu"))
+    agent.load_state_dict(state)
+    assert all(trial.terminated for trial in agent.trials) and agent.model.continue_net is not None
+    assert TrialBuffer.of(agent.trials).continues.min() == 0
