@@ -8,7 +8,10 @@ Ape-X's worker epsilons:
                 again after them, the mean of the two its rate (the machine's speed drifts: a one-sided
                 measurement moved the ratio by 0.15 between runs)
     workers k   k RolloutWorker actors collecting `ray.steps_per_batch` steps a batch, as a distributed run does,
-                every batch fetched by this process (the learner's side of the transfer included), `seconds` long
+                every batch fetched by this process (the learner's side of the transfer included), `seconds` long;
+                every worker explores with the single path's epsilon (Ape-X's first worker's), so each does the
+                same work per step: with Ape-X's spread a second worker is nearly greedy, a network pass on every
+                step instead of on 60% of them, which is not Ray's cost
     learner     DQN updates per second of this process (sample + gradient step), on 1,000 stored steps
 
     machine     the machine's own scaling: k plain processes (no Ray) each stepping the same Actor for the same
@@ -81,7 +84,8 @@ def bench_ray(workers: int | None = None, seconds: float = 10.0, repeats: int = 
             before = collect_steps(actor, epsilon, seconds)
             rates, starts = {}, {}
             for count in range(1, most + 1):
-                rates[count], starts[count] = collect_with_workers(ray, remote, run_config, weights, count, seconds)
+                rates[count], starts[count] = collect_with_workers(ray, remote, run_config, weights, count, seconds,
+                                                                   epsilon)
             after = collect_steps(actor, epsilon, seconds)
             machine = machine_scaling(run_config, most, seconds)
             single = (before + after) / 2
@@ -116,13 +120,12 @@ def collect_steps(actor: Actor, epsilon: float, seconds: float) -> float:
     return steps / (time.perf_counter() - started)
 
 
-def collect_with_workers(ray, remote, run_config: RunConfig, weights, count: int, seconds: float) -> tuple:
-    """`count` RolloutWorker actors collecting batches for `seconds`, every batch fetched here: (env steps per
-    second, the workers' start-up seconds); the workers are killed after."""
+def collect_with_workers(ray, remote, run_config: RunConfig, weights, count: int, seconds: float,
+                         epsilon: float) -> tuple:
+    """`count` RolloutWorker actors, each exploring with `epsilon`, collecting batches for `seconds`, every batch
+    fetched here: (env steps per second, the workers' start-up seconds); the workers are killed after."""
     started = time.perf_counter()
-    pool = [remote.remote(run_config, index, epsilon)
-            for index, epsilon in enumerate(worker_epsilons(count, run_config.agent.worker_epsilon,
-                                                            run_config.agent.worker_epsilon_alpha))]
+    pool = [remote.remote(run_config, index, epsilon) for index in range(count)]
     ray.get([worker.pid.remote() for worker in pool])
     start_s = time.perf_counter() - started
     batch = run_config.ray.steps_per_batch

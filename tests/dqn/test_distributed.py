@@ -211,6 +211,40 @@ def test_ray_bench_reports_the_worker_rates_the_single_rate_and_the_ratio():
     assert not rollout_worker_pids()
 
 
+def test_the_ray_bench_gives_every_worker_the_single_paths_epsilon():
+    # Ape-X's spread (0.4, then 0.4 ** 8 for a second worker) would give a second worker a network pass on nearly
+    # every step against 60% of them in the single path: more work per step, not Ray's cost.
+    from agents.dqn import bench_ray as module
+
+    made = []
+
+    class Worker:
+        def __init__(self, config, index, epsilon):
+            made.append((index, epsilon))
+            self.pid = self.collect = self
+
+        def remote(self, *args):
+            return self
+
+    class FakeRay:
+        @staticmethod
+        def wait(pending, num_returns):
+            return [pending[0]], pending[1:]
+
+        @staticmethod
+        def get(ref):
+            return {"actions": np.zeros((4, 1))} if not isinstance(ref, list) else None
+
+        @staticmethod
+        def kill(worker):
+            pass
+
+    remote = type("Remote", (), {"remote": staticmethod(lambda *args: Worker(*args))})
+    rate, _ = module.collect_with_workers(FakeRay, remote, load_config("dqn_minatar_breakout", []), None, 3, 0.05,
+                                          0.4)
+    assert made == [(0, 0.4), (1, 0.4), (2, 0.4)] and rate > 0
+
+
 def test_a_distributed_run_killed_with_sigkill_resumes_with_its_workers(tmp_path):
     process = pixelpilot("train", str(dot_recipe(tmp_path, total_steps=3000)), "--workers", "2")
     deadline = time.time() + 180
