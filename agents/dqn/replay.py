@@ -426,7 +426,7 @@ class FrameReplay:
                 isinstance(frames, torch.Tensor) and frames.dtype != torch.uint8):
             raise ValueError(f"{name} must be {(rows, *self.frame_shape)} uint8 (the newest frame of each env's "
                              f"observation, not the stack), got {tuple(frames.shape)} {frames.dtype}")
-        frames = self._ops.asarray(frames, self._ops.view(self.frames[:0]).dtype)
+        frames = self._ops.asarray(frames, self._a["frames"].dtype)
         if tuple(frames.shape) != (rows, *self.frame_shape):
             raise ValueError(f"{name} must be {(rows, *self.frame_shape)} uint8 (the newest frame of each env's "
                              f"observation, not the stack), got {tuple(frames.shape)} {frames.dtype}")
@@ -464,7 +464,7 @@ class FrameReplay:
         history = ops.maximum(a["position"][index] - (self.stack - 1), a["episode_start"][index]) >= held_from
         window = self._window(index)
         valid = window.complete & history
-        a["steps"][index] = ops.cast(window.steps, ops.view(self.steps[:0]).dtype)
+        a["steps"][index] = ops.cast(window.steps, a["steps"].dtype)
         a["returns"][index], a["discounts"][index] = window.returns, window.discounts
         if not self.prioritized:  # uniform sampling reads `valid` alone
             a["valid"][index] = valid
