@@ -58,18 +58,11 @@ def imagined_return(model: DeepDynamicalModel, policy: Policy, histories: torch.
 
     Shapes: `histories (batch, context, latent_dim)` -> `(batch,)` (an ensemble's: the members' mean).
     """
-    histories = model.with_members(histories)
-    total = torch.zeros(histories.shape[:-2], device=histories.device)
-    alive = None  # with a continue head: the probability that the rollout has not ended yet
+    histories, latents = model.with_members(histories), []
     for _ in range(horizon):
         histories = model.step(histories, policy(histories), sample=True)
-        latent = histories[..., -1, :]
-        if model.continue_net is None:
-            total = total + model.reward(latent)
-        else:
-            alive = model.continues(latent) if alive is None else alive * model.continues(latent)
-            total = total + alive * model.reward(latent)
-    return model.members_mean(total)
+        latents.append(histories[..., -1, :])
+    return model.members_mean(model.imagined_return(torch.stack(latents, -2)))
 
 
 @contextmanager
