@@ -253,8 +253,9 @@ class DDMAgent:
             histories = self.latent_histories()
             if agent.policy.teacher == "cem":
                 losses.update(self.imitate_planner(histories))
+            first = self.first_histories() if agent.policy.episode_horizon else None
             self.policy_net, self.policy_optimizer, figures = agent.policy.search(
-                self.model, self.policy_net, self.policy_optimizer, histories, self.new_policy)
+                self.model, self.policy_net, self.policy_optimizer, histories, self.new_policy, first)
             losses.update(figures)
             losses["time/policy_s"] = time.time() - started
         return losses
@@ -412,6 +413,14 @@ class DDMAgent:
                 latents = self.model.encode(torch.from_numpy(trial.frames).to(self.device))
                 starts.append(latents.unfold(0, context, 1).transpose(1, 2))
         return torch.cat(starts)
+
+    def first_histories(self) -> torch.Tensor:
+        """Each trial's first latent history (its reset frame and the frames after it): (trials, context,
+        latent_dim)."""
+        context = self.model.context
+        with torch.no_grad():
+            return torch.stack([self.model.encode(torch.from_numpy(trial.frames[:context]).to(self.device))
+                                for trial in self.trials])
 
     # recording -------------------------------------------------------------------------------------------
     def record(self, run: Run, trial: Trial, success: bool, controlled: bool, losses: dict[str, float],

@@ -98,6 +98,12 @@ class PolicySearch:
     # there seldom, so uniform starts rarely ask the search to keep the pole up; 0: all starts uniform
     focus: float = 0.0
     focus_top: float = 0.1
+    # episode_horizon: each update also rolls `episode_batch` rollouts of this many steps from the trials' first
+    # histories (the env's reset states) and ascends their return too: PILCO's objective, the whole episode
+    # from where it starts. 30-step returns from the data's states do not contain a swing-up from rest (about
+    # 50 steps) and its hold; 0: off
+    episode_horizon: int = 0
+    episode_batch: int = 32
     # teacher "cem": before the search, the policy imitates the CEM planner (the cem: block) on the agent's own
     # states (DAgger, Ross et al. 2011; the supervised half of guided policy search): after each fit the planner
     # labels `labels` not yet labelled states of the newest trials (the states the policy itself visited), and
@@ -118,7 +124,8 @@ class PolicySearch:
     return_lambda: float = 0.95  # the lambda of the lambda-returns (value: true)
 
     def validate(self) -> None:
-        at_least(self, 1, "horizon", "batch", "labels", "restarts")
+        at_least(self, 1, "horizon", "batch", "labels", "restarts", "episode_batch")
+        at_least(self, 0, "episode_horizon")
         if self.restarts > 1 and self.teacher != "none":
             raise ConfigError(f"restarts: {self.restarts} restarts of a policy imitating a teacher "
                               f"(teacher: {self.teacher}) would start from the same imitation; use restarts: 1")
@@ -149,15 +156,16 @@ class PolicySearch:
         return value
 
     def search(self, model: DeepDynamicalModel, policy: Policy, optimizer: torch.optim.Optimizer,
-               starts: torch.Tensor, fresh: Callable[[], tuple[Policy, torch.optim.Optimizer]]
-               ) -> tuple[Policy, torch.optim.Optimizer, dict[str, float]]:
+               starts: torch.Tensor, fresh: Callable[[], tuple[Policy, torch.optim.Optimizer]],
+               first: torch.Tensor | None = None) -> tuple[Policy, torch.optim.Optimizer, dict[str, float]]:
         """`restarts` searches (:meth:`improve`): `policy` first, then fresh ones from `fresh()`; with more than one,
-        the policy with the highest :meth:`score` is kept. Returns it, its optimiser and the search's figures."""
+        the policy with the highest :meth:`score` is kept. Returns it, its optimiser and the search's figures.
+        `first`: the trials' first histories, for `episode_horizon`."""
         best: tuple[Policy, torch.optim.Optimizer, dict[str, float]] | None = None
         for attempt in range(self.restarts):
             if attempt:
                 policy, optimizer = fresh()
-            figures = {"train/imagined_return": self.improve(model, policy, optimizer, starts)}
+            figures = {"train/imagined_return": self.improve(model, policy, optimizer, starts, first)}
             if self.restarts > 1:
                 figures.update({"train/policy_score": self.score(model, policy, starts),
                                 "train/policy_chosen": float(attempt)})
@@ -173,11 +181,15 @@ class PolicySearch:
             return float(imagined_return(model, policy, starts, self.horizon).mean())
 
     def improve(self, model: DeepDynamicalModel, policy: Policy, optimizer: torch.optim.Optimizer,
-                starts: torch.Tensor) -> float:
+                starts: torch.Tensor, first: torch.Tensor | None = None) -> float:
         """`updates` updates of `policy` (the model is not updated, nor are its gradients computed).
 
-        Shapes: `starts (N, context, latent_dim)`. Returns the mean imagined return of the last update.
+        Shapes: `starts (N, context, latent_dim)`; `first (M, context, latent_dim)`, the trials' first histories
+        (needed with `episode_horizon`). Returns the mean imagined return (of `horizon` steps from `starts`) of the
+        last update.
         """
+        if self.episode_horizon and first is None:
+            raise ValueError("episode_horizon needs the trials' first histories (first=)")
         value = float("nan")
         focused = round(self.focus * self.batch)
         if focused:
@@ -193,8 +205,12 @@ class PolicySearch:
                     value = self.actor_critic_update(model, policy, optimizer, chosen)
                     continue
                 returns = imagined_return(model, policy, chosen, self.horizon)
+                loss = -returns.mean()
+                if self.episode_horizon:
+                    begun = first[torch.randint(0, first.shape[0], (self.episode_batch,), device=first.device)]
+                    loss = loss - imagined_return(model, policy, begun, self.episode_horizon).mean()
                 optimizer.zero_grad()
-                (-returns.mean()).backward()
+                loss.backward()
                 nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
                 optimizer.step()
                 value = float(returns.detach().mean())

@@ -364,6 +364,12 @@ def test_focus_must_be_a_share():
         PolicySearch(focus=1.5).validate()
 
 
+@pytest.mark.parametrize("key, value", [("episode_horizon", -1), ("episode_batch", 0)])
+def test_episode_rollouts_need_a_horizon_and_a_batch(key, value):
+    with pytest.raises(ConfigError, match=key):
+        PolicySearch(**{key: value}).validate()
+
+
 @pytest.mark.parametrize("value", [False, True])
 def test_the_search_computes_no_gradient_for_the_model_and_leaves_it_trainable(value):
     torch.manual_seed(0)
@@ -520,9 +526,11 @@ def test_path_labels_add_each_plans_imagined_states_with_its_actions_for_this_fi
      ["agent.controller=cem", "agent.model.ensemble=3", "agent.model.stochastic=true", "agent.cem.risk=0.5"],
      ["agent.controller=policy", "agent.model.ensemble=2", "agent.policy.teacher=cem", "agent.policy.labels=10",
       "agent.policy.value=true", "agent.policy.path_labels=true"],
-     ["agent.controller=gradient", "agent.model.ensemble=2"]],
+     ["agent.controller=gradient", "agent.model.ensemble=2"],
+     ["agent.controller=policy", "agent.model.ensemble=2", "agent.policy.episode_horizon=10",
+      "agent.policy.episode_batch=4"]],
     ids=["cem", "gradient", "policy", "policy-teacher-value", "cem-stochastic", "cem-ensemble",
-         "policy-ensemble", "gradient-ensemble"],
+         "policy-ensemble", "gradient-ensemble", "policy-episode"],
 )
 def test_tiny_trial_loop_logs_every_trial_and_records_predictions(tmp_path, overrides):
     config = tiny_config(tmp_path, *overrides)
@@ -960,3 +968,35 @@ def test_a_continue_head_run_keeps_the_trials_ends_through_a_resume(tmp_path):
     agent.load_state_dict(state)
     assert all(trial.terminated for trial in agent.trials) and agent.model.continue_net is not None
     assert TrialBuffer.of(agent.trials).continues.min() == 0
+
+
+def test_episode_rollouts_start_from_the_trials_first_histories_and_run_the_whole_episode():
+    torch.manual_seed(0)
+    model, policy = StartsSpy(), Policy(1, 1, torch.ones(1), [8])
+    starts, first = torch.linspace(1.0, 2.0, 50).view(50, 1, 1), torch.tensor([[[-8.0]], [[-7.0]]])
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    PolicySearch(horizon=2, batch=16, updates=3, episode_horizon=12, episode_batch=4).improve(
+        model, policy, optimizer, starts, first)
+    assert [len(batch) for batch in model.starts] == [16, 4] * 3  # the data's starts, then the episodes'
+    assert all(set(batch.flatten().tolist()) <= {-8.0, -7.0} for batch in model.starts[1::2])
+    with pytest.raises(ValueError, match="first histories"):
+        PolicySearch(episode_horizon=12).improve(model, policy, optimizer, starts)
+
+
+def test_episode_rollouts_learn_the_way_from_the_start_that_short_rollouts_from_the_data_miss():
+    # The data's states lie near the goal (z in [1, 2]); the episode starts at z = -8, 9.5 unit steps away. Two-step
+    # rollouts from the data teach the policy nothing about -8 (the sin map wraps what it extrapolates); the whole
+    # episode from there does. At full speed z reaches 1.5 after 10 steps: the best 14-step return from -8 is
+    # -(8.5^2 + 7.5^2 + ... + 0.5^2) = -242.25. Over five initialisations (a search can stall in one).
+    starts, first = torch.linspace(1.0, 2.0, 50).view(50, 1, 1), torch.full((1, 1, 1), -8.0)
+    best = {0: 0, 14: 0}
+    for seed in range(5):
+        for horizon in best:
+            torch.manual_seed(seed)
+            model, policy = LinearModel(), Policy(1, 1, torch.ones(1), [16])
+            optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+            PolicySearch(horizon=2, batch=32, updates=600, episode_horizon=horizon, episode_batch=8).improve(
+                model, policy, optimizer, starts, first)
+            with torch.no_grad():
+                best[horizon] += imagined_return(model, policy, first, 14).item() > -260
+    assert best[14] >= 4 and best[0] <= 2, best
