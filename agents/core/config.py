@@ -123,7 +123,12 @@ class RayConfig:
     workers: int = 0  # rollout workers (Ray actors named RolloutWorker); 0: act in the training process
     address: str | None = None  # Ray cluster to join ("auto", "HOST:6379"); None: start an embedded Ray here
     weights_every: int = 100  # learner updates between weight broadcasts to the workers (through the object store)
-    steps_per_batch: int = 256  # vector-env steps a worker collects before sending them to the learner
+    # vector-env steps a worker collects before sending them to the learner: each batch costs a Ray round trip
+    # (~12 ms on a 2-core VM), 256 lost ~20% of a worker's rate to them (docs/distributed.md)
+    steps_per_batch: int = 1024
+    # collect calls queued on each worker: with 2 the next batch is being collected while the learner fetches this
+    # one; with 1 each worker idles for the round trip
+    batches_in_flight: int = 2
     max_restarts: int = 3  # a rollout worker that dies is restarted this many times
     worker_cpus: float = 1.0  # CPUs reserved per rollout worker
     learner_gpus: int = 0  # GPUs the learner needs on this machine (checked against the cluster's)
@@ -136,7 +141,7 @@ class RayConfig:
 
     def validate(self) -> None:
         at_least(self, 0, "workers", "max_restarts", "learner_gpus")
-        at_least(self, 1, "weights_every", "steps_per_batch")
+        at_least(self, 1, "weights_every", "steps_per_batch", "batches_in_flight")
         if self.worker_cpus <= 0:
             raise ConfigError(f"worker_cpus: must be > 0, got {self.worker_cpus}")
 

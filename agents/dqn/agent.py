@@ -50,7 +50,7 @@ from agents.core.run import (
     set_rng_state,
 )
 from agents.dqn.actor import Actor, build_network
-from agents.dqn.distributed import RolloutWorker, check_cluster, weights_of, worker_epsilons
+from agents.dqn.distributed import Collects, RolloutWorker, check_cluster, weights_of, worker_epsilons
 from agents.dqn.replay import FrameReplay, ReplaySamples
 from agents.dqn.replay_files import ReplayFiles
 from agents.tune.cluster import check_reachable, resolve_address, start_ray, stop_ray
@@ -470,14 +470,12 @@ class DQNAgent:
         losses: deque[torch.Tensor] = deque(maxlen=100)
         weights = ray.put(weights_of(agent.online))
         updates_sent = agent.updates
-        pending = {worker.collect.remote(weights, settings.steps_per_batch): index
-                   for index, worker in enumerate(workers)}
+        collects = Collects(workers, weights, settings.steps_per_batch, settings.batches_in_flight)
         seen = [False] * len(workers)  # a batch came from the worker (a later "started" batch: it was restarted)
         pids = [0] * len(workers)  # the process that sent the worker's last batch
         bar = run.progress(config.agent.total_steps, initial=agent.env_steps)
         while agent.env_steps < config.agent.total_steps:
-            [ready], _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(ready)
+            index, ready = collects.next(ray)
             try:
                 # Arrays from the object store are read-only views of it: copies for the replay (a few KB).
                 batch = {key: np.array(value) if isinstance(value, np.ndarray) else value
@@ -486,7 +484,7 @@ class DQNAgent:
                 raise RuntimeError(f"rollout worker {index} died and was restarted {settings.max_restarts} times "
                                    f"(ray.max_restarts); the logs: {run.dir / 'ray'}") from None
             # Off again at once, with the weights it has, while this process stores and learns from its batch.
-            pending[workers[index].collect.remote(weights, settings.steps_per_batch)] = index
+            collects.send(index, weights)
             if batch["started"]:  # a new worker process: its envs begin new episodes
                 agent.replay.cut_episodes(streams[index])
                 agent.worker_restarts += seen[index]

@@ -7,8 +7,9 @@ Ape-X's worker epsilons:
                 only: storing the steps is the learner's work in both paths), measured before the workers and
                 again after them, the mean of the two its rate (the machine's speed drifts: a one-sided
                 measurement moved the ratio by 0.15 between runs)
-    workers k   k RolloutWorker actors collecting `ray.steps_per_batch` steps a batch, as a distributed run does,
-                every batch fetched by this process (the learner's side of the transfer included), `seconds` long;
+    workers k   k RolloutWorker actors collecting `ray.steps_per_batch` steps a batch, `ray.batches_in_flight`
+                calls queued on each, as a distributed run does, every batch fetched by this process (the
+                learner's side of the transfer included), `seconds` long;
                 every worker explores with the single path's epsilon (Ape-X's first worker's), so each does the
                 same work per step: with Ape-X's spread a second worker is nearly greedy, a network pass on every
                 step instead of on 60% of them, which is not Ray's cost
@@ -41,7 +42,7 @@ from agents.core.bench import hardware
 from agents.core.config import ConfigError, RunConfig, config_from_dict, config_to_dict, load_config
 from agents.dqn.actor import Actor
 from agents.dqn.agent import DQNAgent
-from agents.dqn.distributed import RolloutWorker, worker_epsilons
+from agents.dqn.distributed import Collects, RolloutWorker, worker_epsilons
 from agents.tune.cluster import start_ray, stop_ray
 
 
@@ -72,7 +73,8 @@ def bench_ray(workers: int | None = None, seconds: float = 10.0, repeats: int = 
     learner = updates / (time.perf_counter() - started)
 
     result = {"config": config, "overrides": list(overrides), "seconds": seconds, "repeats": repeats,
-              "steps_per_batch": run_config.ray.steps_per_batch, "learner_updates_per_s": learner}
+              "steps_per_batch": run_config.ray.steps_per_batch, "batches_in_flight": run_config.ray.batches_in_flight,
+              "learner_updates_per_s": learner}
     started = time.perf_counter()
     resources = start_ray(address, num_cpus=max(most, os.cpu_count() or 1) if address is None else None)
     result["ray_start_s"] = time.perf_counter() - started
@@ -129,13 +131,12 @@ def collect_with_workers(ray, remote, run_config: RunConfig, weights, count: int
     ray.get([worker.pid.remote() for worker in pool])
     start_s = time.perf_counter() - started
     batch = run_config.ray.steps_per_batch
-    pending = {worker.collect.remote(weights, batch): worker for worker in pool}
+    collects = Collects(pool, weights, batch, run_config.ray.batches_in_flight)
     steps, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        [ready], _ = ray.wait(list(pending), num_returns=1)
-        worker = pending.pop(ready)
+        index, ready = collects.next(ray)
         steps += int(np.prod(ray.get(ready)["actions"].shape))
-        pending[worker.collect.remote(weights, batch)] = worker
+        collects.send(index, weights)
     rate = steps / (time.perf_counter() - started)
     for worker in pool:
         ray.kill(worker)

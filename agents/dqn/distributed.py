@@ -10,6 +10,7 @@ vector env, with a CPU copy of the network and its own epsilon, worker i of N: `
 agent.worker_epsilon_alpha * i / (N - 1))` (Ape-X's 0.4 and 7). The learner loop:
 
     wait for whichever worker's batch is ready first (ray.wait: never for the slowest); send it off for its next
+        (each worker has `ray.batches_in_flight` calls queued, so it collects while its last batch travels)
     add its `ray.steps_per_batch` vector steps to the replay (each env of each worker is one replay stream), with
         their initial priorities (prioritised replay: the worker's 1-step |TD error|; Ape-X uses n-step)
     the updates those env steps owe (one per `train_every`, as a one-process run), the target sync when due
@@ -24,6 +25,7 @@ workers finish them); a one-process run is.
 from __future__ import annotations
 
 import os
+from collections import deque
 
 import numpy as np
 import torch
@@ -32,6 +34,27 @@ from agents.core.config import ConfigError, RunConfig
 from agents.core.envs import make_env
 from agents.core.run import EpisodeRecorder
 from agents.dqn.actor import Actor, build_network
+
+
+class Collects:
+    """A learner's queued `collect` calls: `in_flight` on each worker at all times (a Ray actor runs them in turn),
+    so none idles while its last batch travels to the learner, and each worker's batches taken in the order it
+    collected them (the replay's episode streams need that: ray.wait alone would take any ready one)."""
+
+    def __init__(self, workers: list, weights, steps: int, in_flight: int) -> None:
+        self.workers, self.steps = workers, steps
+        self.queues = [deque(worker.collect.remote(weights, steps) for _ in range(in_flight)) for worker in workers]
+
+    def next(self, ray) -> tuple[int, object]:
+        """Waits until some worker's oldest call is done: (that worker's index, the call's object ref)."""
+        heads = {queue[0]: index for index, queue in enumerate(self.queues)}
+        [ready], _ = ray.wait(list(heads), num_returns=1)
+        index = heads[ready]
+        return index, self.queues[index].popleft()
+
+    def send(self, index: int, weights) -> None:
+        """Queue another call on worker `index` (with these weights)."""
+        self.queues[index].append(self.workers[index].collect.remote(weights, self.steps))
 
 
 def worker_epsilons(workers: int, epsilon: float, alpha: float) -> list[float]:

@@ -23,7 +23,7 @@ from agents.core.config import load_config
 from agents.core.envs import make_env
 from agents.core.episodes import evaluate
 from agents.dqn.bench_ray import bench_ray
-from agents.dqn.distributed import worker_epsilons
+from agents.dqn.distributed import Collects, worker_epsilons
 from agents.dqn.replay import FrameReplay
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -263,3 +263,41 @@ def test_a_distributed_run_killed_with_sigkill_resumes_with_its_workers(tmp_path
     assert summary["env_steps"] == 3000 and summary["workers"] == 2
     steps = logged_steps(run_dir)
     assert steps == sorted(set(steps)) and [step // 250 for step in steps] == list(range(1, 13))
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
+def test_each_worker_keeps_its_calls_queued_and_its_batches_come_in_the_order_collected(in_flight):
+    calls = []
+
+    class Collect:
+        def __init__(self, index):
+            self.index, self.made = index, 0
+
+        def remote(self, weights, steps):
+            calls.append((self.index, weights, steps))
+            self.made += 1
+            return (self.index, self.made)  # a ref: which worker, its how-manieth call
+
+    class AnyReady:  # ray.wait may return any ready ref: this one takes them in a turning order
+        turn = 0
+
+        @classmethod
+        def wait(cls, refs, num_returns):
+            cls.turn += 1
+            chosen = refs[(cls.turn * 2) % len(refs)]
+            return [chosen], [ref for ref in refs if ref is not chosen]
+
+    workers = [type("Worker", (), {"collect": Collect(index)})() for index in range(3)]
+    collects = Collects(workers, "weights", 64, in_flight)
+    assert sorted(calls) == sorted([(index, "weights", 64) for index in range(3)] * in_flight)
+    taken = []
+    for _ in range(12):
+        index, ref = collects.next(AnyReady)
+        taken.append(ref)
+        assert ref[0] == index and len(collects.queues[index]) == in_flight - 1
+        collects.send(index, "new weights")
+        assert all(len(queue) == in_flight for queue in collects.queues)  # none idles
+    for index in range(3):  # each worker's batches in the order it collected them
+        mine = [number for worker, number in taken if worker == index]
+        assert mine and mine == list(range(1, len(mine) + 1))
+    assert calls[-1] == (taken[-1][0], "new weights", 64)  # the refill goes to the worker just taken from

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from agents.tune import score
@@ -44,6 +46,11 @@ def test_both_recipes_reach_the_score_and_the_ratio_is_the_baselines_median_over
             assert run["wall_s"] == run["evaluations"][-2]["wall_s"] <= run["trained_s"]
             walls = [item["wall_s"] for item in run["evaluations"]]
             assert walls == sorted(walls)
+            steps = [0] + [item["env_steps"] for item in run["evaluations"]]
+            rounds = [later - earlier for earlier, later in itertools.pairwise(steps)]
+            assert rounds[0] >= score.FIRST_ROUND_STEPS
+            # a round grows at most 4x the last (PQN steps a whole rollout of its 8 envs at a time: 64 steps)
+            assert all(later <= score.ROUND_GROWTH * earlier + 64 for earlier, later in itertools.pairwise(rounds))
     assert result["ratio"] == pytest.approx(result["baseline"]["median_wall_s"] / result["ours"]["median_wall_s"])
     # SB3's own evaluations (every 500 steps in its recipe) were off: they would have run inside the clock
     sb3_runs = list((tmp_path / "runs" / "sb3_dot").iterdir())
@@ -57,3 +64,15 @@ def test_the_median_counts_runs_that_never_reached_the_score_above_every_one_tha
     assert score.median_or_none([10.0, None, 30.0]) == 30.0
     assert score.median_or_none([10.0, None, None]) is None
     assert score.median_or_none([5.0, 7.0]) == 6.0
+
+
+def test_a_side_that_never_reached_the_score_makes_the_ratio_a_bound():
+    def runs(*walls, trained=900.0):
+        return [{"reached": wall is not None, "wall_s": wall, "trained_s": trained if wall is None else wall + 10}
+                for wall in walls]
+
+    assert score.score_ratio(runs(50.0, 60.0, 40.0), runs(200.0, None, 100.0)) == (pytest.approx(200 / 50), None)
+    # the baseline never got there in 900 s: at least 900 / 50
+    assert score.score_ratio(runs(50.0, 60.0, 40.0), runs(None, None, 300.0)) == (pytest.approx(900 / 50), "lower")
+    assert score.score_ratio(runs(None, None, 40.0), runs(100.0, 200.0, 300.0)) == (pytest.approx(200 / 900), "upper")
+    assert score.score_ratio(runs(None, None), runs(None, 5.0)) == (None, None)
