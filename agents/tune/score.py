@@ -53,7 +53,8 @@ TASKS = {
     # MinAtar Breakout to a greedy return of 10 (mean of 10 episodes)
     "breakout": ScoreTask("pqn_minatar_breakout", "sb3_dqn_minatar_breakout", "return", 10.0),
     # the pixel pendulum, five torques: the first greedy evaluation with a held swing-up (success rate > 0)
-    "pendulum": ScoreTask("pqn_pendulum", "sb3_dqn_pendulum", "success", 0.1),
+    # (our DQN: pqn_pendulum does not learn it yet, docs/pqn.md)
+    "pendulum": ScoreTask("dqn_pendulum", "sb3_dqn_pendulum", "success", 0.1),
 }
 
 
