@@ -126,6 +126,9 @@ class PolicySearch:
     def validate(self) -> None:
         at_least(self, 1, "horizon", "batch", "labels", "restarts", "episode_batch")
         at_least(self, 0, "episode_horizon")
+        if self.episode_horizon and self.value:
+            raise ConfigError(f"episode_horizon: {self.episode_horizon} whole-episode rollouts are ascended by the "
+                              f"plain search only, not with value: true; set one of them")
         if self.restarts > 1 and self.teacher != "none":
             raise ConfigError(f"restarts: {self.restarts} restarts of a policy imitating a teacher "
                               f"(teacher: {self.teacher}) would start from the same imitation; use restarts: 1")

@@ -370,6 +370,11 @@ def test_episode_rollouts_need_a_horizon_and_a_batch(key, value):
         PolicySearch(**{key: value}).validate()
 
 
+def test_episode_rollouts_with_a_critic_are_refused():
+    with pytest.raises(ConfigError, match="episode_horizon.*value: true"):
+        PolicySearch(episode_horizon=50, value=True).validate()
+
+
 @pytest.mark.parametrize("value", [False, True])
 def test_the_search_computes_no_gradient_for_the_model_and_leaves_it_trainable(value):
     torch.manual_seed(0)
