@@ -50,7 +50,7 @@ from agents.core.run import (
     set_rng_state,
 )
 from agents.dqn.actor import Actor, build_network
-from agents.dqn.distributed import Collects, RolloutWorker, check_cluster, weights_of, worker_epsilons
+from agents.dqn.distributed import Collects, RolloutWorker, Sequence, check_cluster, weights_of, worker_epsilons
 from agents.dqn.replay import FrameReplay, ReplaySamples
 from agents.dqn.replay_files import ReplayFiles
 from agents.tune.cluster import check_reachable, resolve_address, start_ray, stop_ray
@@ -471,8 +471,8 @@ class DQNAgent:
         weights = ray.put(weights_of(agent.online))
         updates_sent = agent.updates
         collects = Collects(workers, weights, settings.steps_per_batch, settings.batches_in_flight)
-        seen = [False] * len(workers)  # a batch came from the worker (a later "started" batch: it was restarted)
-        pids = [0] * len(workers)  # the process that sent the worker's last batch
+        sequence = Sequence(len(workers))
+        restarts_before = agent.worker_restarts  # a resumed run's
         bar = run.progress(config.agent.total_steps, initial=agent.env_steps)
         while agent.env_steps < config.agent.total_steps:
             index, ready = collects.next(ray)
@@ -485,11 +485,9 @@ class DQNAgent:
                                    f"(ray.max_restarts); the logs: {run.dir / 'ray'}") from None
             # Off again at once, with the weights it has, while this process stores and learns from its batch.
             collects.send(index, weights)
-            if batch["started"]:  # a new worker process: its envs begin new episodes
+            if sequence.gap(index, batch["pid"], batch["batch"]):
                 agent.replay.cut_episodes(streams[index])
-                agent.worker_restarts += seen[index]
-                seen[index] = True
-            pids[index] = batch["pid"]
+            agent.worker_restarts = restarts_before + sequence.restarts
             steps = min(len(batch["actions"]), -(-(config.agent.total_steps - agent.env_steps) // envs))
             for t in range(steps):
                 agent.replay.add(batch["frames"][t], batch["actions"][t], batch["rewards"][t], batch["terminated"][t],
@@ -518,7 +516,7 @@ class DQNAgent:
         # A worker restarted near the end may not have sent its batch yet (the others filled the budget): count it.
         try:
             now = ray.get([worker.pid.remote() for worker in workers], timeout=60)
-            agent.worker_restarts += sum(seen[index] and now[index] != pids[index] for index in range(len(workers)))
+            agent.worker_restarts += sequence.restarted_since(now)
         except (ray.exceptions.GetTimeoutError, actor_error):
             pass
         for worker in workers:

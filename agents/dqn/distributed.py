@@ -18,7 +18,9 @@ agent.worker_epsilon_alpha * i / (N - 1))` (Ape-X's 0.4 and 7). The learner loop
     log, checkpoint, record worker 0's env 0 episodes
 
 A worker that dies is restarted by Ray (`ray.max_restarts`); its envs' running episodes are cut in the replay
-and it goes on with fresh ones. Distributed runs are not bit-reproducible (batches arrive in whatever order the
+and it goes on with fresh ones. Each batch carries its process and its number in that process: wherever a worker's
+batches do not follow on (a new process, or a lost result Ray ran again after later calls) its episodes are cut, so
+no transition joins steps that did not follow each other. Distributed runs are not bit-reproducible (batches arrive in whatever order the
 workers finish them); a one-process run is.
 """
 
@@ -57,6 +59,29 @@ class Collects:
         self.queues[index].append(self.workers[index].collect.remote(weights, self.steps))
 
 
+class Sequence:
+    """Which of a worker's batches follow on from the last one stored. Each batch names its process (pid) and its
+    number in that process; any other batch than the next of the same process is a gap: a restarted worker (its
+    envs begin new episodes) or a lost result Ray ran again after later calls. At a gap the learner cuts the
+    worker's running episodes, so no transition joins steps that did not follow each other."""
+
+    def __init__(self, workers: int) -> None:
+        self.pids = [0] * workers  # the process of the worker's last batch stored (0: none yet)
+        self.numbers = [0] * workers  # that batch's number in its process
+        self.restarts = 0  # new processes seen after a worker's first
+
+    def gap(self, index: int, pid: int, number: int) -> bool:
+        """Takes worker `index`'s batch `number` of process `pid`: True if it does not follow on from the last."""
+        gap = (pid, number) != (self.pids[index], self.numbers[index] + 1)
+        self.restarts += self.pids[index] not in (0, pid)
+        self.pids[index], self.numbers[index] = pid, number
+        return gap
+
+    def restarted_since(self, pids: list[int]) -> int:
+        """How many workers now run in another process than the one of their last batch stored."""
+        return sum(last not in (0, now) for last, now in zip(self.pids, pids, strict=True))
+
+
 def worker_epsilons(workers: int, epsilon: float, alpha: float) -> list[float]:
     """Ape-X's exploration rates: worker i of N explores with epsilon ** (1 + alpha * i / (N - 1))."""
     return [epsilon ** (1 + alpha * index / max(workers - 1, 1)) for index in range(workers)]
@@ -84,7 +109,7 @@ class RolloutWorker:
         self.recorder = EpisodeRecorder(first[0]) if index == 0 else None
         self.episodes = 0  # this worker's env 0 episodes (for the recording cadence)
         self.best_return = -np.inf  # of those episodes: a new best is sent for recording too, as run.py keeps it
-        self.started = True  # until the first batch: the learner cuts the episodes a dead predecessor left open
+        self.batches = 0  # collect calls this process has run: the learner cuts the worker's episodes at any gap
 
     def pid(self) -> int:
         return os.getpid()
@@ -120,8 +145,8 @@ class RolloutWorker:
                          transitions, strict=True))
         if agent.replay.prioritized:
             batch["priorities"] = self.td_errors(rows, batch["rewards"])
-        started, self.started = self.started, False
-        return {**batch, "episodes": ended, "recorded": recorded, "started": started, "pid": os.getpid()}
+        self.batches += 1
+        return {**batch, "episodes": ended, "recorded": recorded, "pid": os.getpid(), "batch": self.batches}
 
     @torch.no_grad()
     def td_errors(self, rows: list, rewards: np.ndarray) -> np.ndarray:

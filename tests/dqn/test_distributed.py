@@ -23,7 +23,7 @@ from agents.core.config import load_config
 from agents.core.envs import make_env
 from agents.core.episodes import evaluate
 from agents.dqn.bench_ray import bench_ray
-from agents.dqn.distributed import Collects, worker_epsilons
+from agents.dqn.distributed import Collects, Sequence, worker_epsilons
 from agents.dqn.replay import FrameReplay
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -301,3 +301,18 @@ def test_each_worker_keeps_its_calls_queued_and_its_batches_come_in_the_order_co
         mine = [number for worker, number in taken if worker == index]
         assert mine and mine == list(range(1, len(mine) + 1))
     assert calls[-1] == (taken[-1][0], "new weights", 64)  # the refill goes to the worker just taken from
+
+
+def test_a_workers_batches_that_do_not_follow_on_are_gaps_and_a_new_process_is_a_restart():
+    sequence = Sequence(2)
+    assert sequence.gap(0, 100, 1) and sequence.gap(1, 200, 1)  # the first batches: the replay's streams start
+    assert not sequence.gap(0, 100, 2) and not sequence.gap(0, 100, 3) and not sequence.gap(1, 200, 2)
+    assert sequence.restarts == 0
+    # Worker 0's process dies with calls 4 and 5 queued; the new process runs call 5 first (number 1), then Ray
+    # runs call 4 again (number 2) as its result was lost with the node: the learner takes 4 first, in queue order.
+    assert sequence.gap(0, 300, 2)  # a new process
+    assert sequence.gap(0, 300, 1)  # follows on from nothing stored
+    assert sequence.gap(0, 300, 3)  # follows number 2, stored before number 1
+    assert not sequence.gap(0, 300, 4)
+    assert sequence.restarts == 1
+    assert sequence.restarted_since([300, 200]) == 0 and sequence.restarted_since([301, 201]) == 2
