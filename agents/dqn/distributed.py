@@ -20,8 +20,8 @@ agent.worker_epsilon_alpha * i / (N - 1))` (Ape-X's 0.4 and 7). The learner loop
 A worker that dies is restarted by Ray (`ray.max_restarts`); its envs' running episodes are cut in the replay
 and it goes on with fresh ones. Each batch carries its process and its number in that process: wherever a worker's
 batches do not follow on (a new process, or a lost result Ray ran again after later calls) its episodes are cut, so
-no transition joins steps that did not follow each other. Distributed runs are not bit-reproducible (batches arrive in whatever order the
-workers finish them); a one-process run is.
+no transition joins steps that did not follow each other (`Sequence`). Distributed runs are not bit-reproducible
+(batches arrive in whatever order the workers finish them); a one-process run is.
 """
 
 from __future__ import annotations
