@@ -38,8 +38,12 @@ ANGLE_THRESHOLD = 12 * 2 * np.pi / 360
 X_THRESHOLD = 2.4
 
 TASKS = ("balance", "swingup")
+REWARDS = ("task", "tip")
 # Swing-up reward: pole height in [0, 1] minus this times (x / X_THRESHOLD)^2.
 CART_POSITION_COST = 0.1
+# The "tip" reward (PILCO's saturating cost, Deisenroth & Rasmussen 2011): exp(-d^2 / (2 TIP_WIDTH^2)), d the
+# distance of the pole's tip from where it is when the pole stands upright over the track's centre.
+TIP_WIDTH = 0.25
 
 # Drawing: the image shows the track +-VIEW_HALF_WIDTH metres wide, the cart's centre on the
 # track at mid-height, so the pole fits above (balance) and below (swing-up).
@@ -85,9 +89,13 @@ class CartPoleTask(Task):
         image_size: int = 64,
         substeps: int | None = None,
         start_noise: float = 0.05,
+        reward: str = "task",
     ):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if reward not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+        self.reward = reward
         if image_size < 16:
             raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
         self.task = task
@@ -147,6 +155,10 @@ class CartPoleTask(Task):
         else:
             terminated = off_track
             reward = 0.5 * (1 + xp.cos(angle)) - CART_POSITION_COST * (x / X_THRESHOLD) ** 2
+        if self.reward == "tip":
+            pole = 2 * HALF_POLE_LENGTH
+            distance2 = (x + pole * xp.sin(angle)) ** 2 + (pole * (1 - xp.cos(angle))) ** 2
+            reward = xp.exp(-distance2 / (2 * TIP_WIDTH**2))
         reward = reward.astype(np.float32) if xp is np else reward.float()
         return xp.stack([x, x_velocity, angle, angular_velocity], 1), reward, terminated
 
@@ -185,8 +197,12 @@ _DOC_SECTIONS = """
     cart (170) and pole (255) on black, the track +-3 m across the image.
 
     ## Rewards
-    ``"balance"``: 1 per step, including the last. ``"swingup"``: the pole's height
-    ``(1 + cos(angle)) / 2`` minus ``0.1 * (x / 2.4)^2``, between -0.1 and 1.
+    ``reward="task"`` (default): ``"balance"``, 1 per step, including the last (CartPole-v1's);
+    ``"swingup"``, the pole's height ``(1 + cos(angle)) / 2`` minus ``0.1 * (x / 2.4)^2``, between
+    -0.1 and 1. ``reward="tip"``, either task: PILCO's saturating reward ``exp(-d^2 / (2 * 0.25^2))``,
+    ``d`` the distance (m) of the pole's tip from its place when upright over the track's centre,
+    in (0, 1]: it tells a learned model how far from the goal a state is, where 1 per step tells it
+    only when the episode ends.
 
     ## Starting State
     Each of x, x velocity, angle and angular velocity ``U(-0.05, 0.05)`` (``start_noise``), plus
@@ -209,7 +225,8 @@ _DOC_SECTIONS = """
 
     ## Arguments
     - ``task`` ("balance" or "swingup"), ``continuous`` (True), ``image_size`` (64),
-      ``substeps`` (1 for balance, 4 for swing-up), ``start_noise`` (0.05).
+      ``substeps`` (1 for balance, 4 for swing-up), ``start_noise`` (0.05), ``reward`` ("task" or
+      "tip").
     - ``render_mode`` (None or "rgb_array"): ``render()`` draws the state at ``render_size``
       (256) pixels as RGB.
 
@@ -231,8 +248,10 @@ class PixelCartPoleEnv(BatchedPixelEnv):
         substeps: int | None = None,
         start_noise: float = 0.05,
         render_size: int = 256,
+        reward: str = "task",
     ):
-        super().__init__(CartPoleTask(task, continuous, image_size, substeps, start_noise), render_mode, render_size)
+        super().__init__(CartPoleTask(task, continuous, image_size, substeps, start_noise, reward), render_mode,
+                         render_size)
 
 
 class PixelCartPoleVectorEnv(BatchedPixelVectorEnv):
@@ -259,9 +278,10 @@ class PixelCartPoleVectorEnv(BatchedPixelVectorEnv):
         backend: str = "numpy",
         device: str | None = None,
         render_size: int = 256,
+        reward: str = "task",
     ):
         super().__init__(
-            CartPoleTask(task, continuous, image_size, substeps, start_noise),
+            CartPoleTask(task, continuous, image_size, substeps, start_noise, reward),
             num_envs,
             max_episode_steps,
             render_mode,

@@ -357,9 +357,34 @@ def test_vector_success_count_restarts_after_autoreset(backend, request):
     assert successes == [[index >= 20] * 2 for index in frame]
 
 
+@pytest.mark.parametrize("task", ["balance", "swingup"])
+def test_cartpole_tip_reward_is_one_upright_at_the_centre_and_falls_with_the_tips_distance(task, one_torch_thread):
+    import torch
+
+    env = PixelCartPoleEnv(task=task, reward="tip")
+    rewards = {}
+    for x, angle in [(0.0, 0.0), (0.0, 0.2), (0.5, 0.0), (0.0, np.pi)]:
+        env.reset(seed=0, options={"x": x, "angle": angle, "x_velocity": 0.0, "angular_velocity": 0.0})
+        _, rewards[x, angle], _, _, info = env.step(np.zeros(1, np.float32))
+        tip = np.hypot(info["x"] + np.sin(info["angle"]), 1 - np.cos(info["angle"]))  # the 1 m pole's tip
+        assert rewards[x, angle] == pytest.approx(np.exp(-tip**2 / (2 * 0.25**2)), rel=1e-4)
+    assert rewards[0.0, 0.0] > 0.99 > rewards[0.0, 0.2] > rewards[0.5, 0.0] > rewards[0.0, np.pi]
+    numpy_core = PixelCartPoleVectorEnv(num_envs=3, task=task, reward="tip")
+    torch_core = PixelCartPoleVectorEnv(num_envs=3, task=task, reward="tip", backend="torch", device="cpu")
+    for vector in (numpy_core, torch_core):
+        vector.reset(seed=3)
+    actions = np.array([[1.0], [-0.5], [0.0]], np.float32)
+    _, numpy_rewards, *_ = numpy_core.step(actions)
+    _, torch_rewards, *_ = torch_core.step(torch.from_numpy(actions))
+    np.testing.assert_allclose(np.asarray(torch_rewards), numpy_rewards, rtol=1e-5)
+    assert (numpy_rewards > 0).all() and (numpy_rewards <= 1).all()
+
+
 def test_bad_arguments_say_what_is_wrong():
     with pytest.raises(ValueError, match="task must be one of"):
         PixelCartPoleEnv(task="juggle")
+    with pytest.raises(ValueError, match="reward must be one of"):
+        PixelCartPoleEnv(reward="height")
     with pytest.raises(ValueError, match="unknown reset options"):
         PixelPendulumEnv().reset(options={"angel": 0.0})
     with pytest.raises(ValueError, match="backend"):
