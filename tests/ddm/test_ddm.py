@@ -1005,3 +1005,30 @@ def test_episode_rollouts_learn_the_way_from_the_start_that_short_rollouts_from_
             with torch.no_grad():
                 best[horizon] += imagined_return(model, policy, first, 14).item() > -260
     assert best[14] >= 4 and best[0] <= 2, best
+
+
+@pytest.mark.parametrize(("latent_grad", "holds_the_pole"), [(False, True), (True, False)])
+def test_the_cartpole_recipes_latent_holds_the_pole_where_the_prediction_term_trains_the_encoder_it_collapses(
+        tmp_path, latent_grad, holds_the_pole):
+    # ddm_cartpole_balance's model after random trials: the latent must carry the cart and the pole (a linear map
+    # recovers them) or no plan can balance; with latent_grad the prediction term pulled the latents to a point.
+    config = load_config("ddm_cartpole_balance", [f"train.runs_dir={tmp_path}", "agent.fit.fits=1",
+                                                  "agent.fit.updates=300", f"agent.model.latent_grad={latent_grad}"])
+    agent = DDMAgent(config, torch.device("cpu"))
+    env = make_env(config)
+    angles, positions = [], []
+    for number in range(6):
+        trial, _ = agent.play(env, seed=number, controlled=False)
+        agent.trials.append(trial)
+        env.reset(seed=number)
+        steps = [env.step(action)[-1] for action in trial.actions]  # the same trial again, for its true states
+        angles += [info["angle"] for info in steps]  # the states of the frames after the reset frame
+        positions += [info["x"] for info in steps]
+    agent.fit_from_scratch(TrialBuffer.of(agent.trials))
+    with torch.no_grad():
+        latents = torch.cat([agent.model.encode(torch.from_numpy(trial.frames[1:])) for trial in agent.trials])
+    features = np.c_[latents.numpy(), np.ones(len(latents))]
+    for truth in (np.asarray(angles), np.asarray(positions)):
+        fitted = features @ np.linalg.lstsq(features, truth, rcond=None)[0]
+        explained = 1 - ((fitted - truth) ** 2).mean() / truth.var()
+        assert (explained > 0.8) == holds_the_pole, explained
