@@ -310,6 +310,12 @@ def cmd_pbt(args: argparse.Namespace) -> int:
     return 1 if any(row["status"].startswith("error") for row in rows) else 0
 
 
+def figure(value: float) -> str:
+    """A measured figure: three significant digits below 100 (a ratio of 0.87 against a goal of 0.9 must not
+    read 0.9), one decimal above, with thousands separators."""
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:,.1f}"
+
+
 def format_figures(result: dict, indent: str = "") -> str:
     """A bench result as indented ``key: value`` lines, the headline ratio last."""
     lines = []
@@ -320,13 +326,13 @@ def format_figures(result: dict, indent: str = "") -> str:
             lines.append(f"{indent}{key}:")
             lines.append(format_figures(value, indent + "  "))
         else:
-            shown = f"{value:,.1f}" if isinstance(value, float) else value
+            shown = figure(value) if isinstance(value, float) else value
             lines.append(f"{indent}{key}: {shown}")
     if "ratio" in result:
         if result["ratio"] is None:
             lines.append(f"{indent}ratio: none (neither side reached success)")
         else:
             bound = {"lower": ">", "upper": "<"}.get(result.get("ratio_bound"), "")
-            lines.append(f"{indent}ratio: {bound}{result['ratio']:,.1f}x")
+            lines.append(f"{indent}ratio: {bound}{figure(result['ratio'])}x")
     return "\n".join(lines)
 

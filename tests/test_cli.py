@@ -234,3 +234,12 @@ def test_help_lists_the_recipes_with_what_each_is(capsys, command):
     for path in CONFIG_DIR.glob("*.yaml"):
         assert path.stem in out
     assert "DQN on MinAtar Breakout" in out  # the first words of the recipe's comment
+
+
+def test_bench_figures_keep_three_significant_digits_so_a_ratio_near_its_goal_reads_as_measured():
+    from agents.cli import format_figures
+
+    text = format_figures({"single_steps_per_s": 5645.64, "ratio_to_machine": 0.8728, "speedup": 1.46, "ratio": 0.8472})
+    assert text.splitlines() == ["single_steps_per_s: 5,645.6", "ratio_to_machine: 0.873", "speedup: 1.46",
+                                 "ratio: 0.847x"]
+    assert format_figures({"ratio": 16.04, "ratio_bound": "lower"}).splitlines()[-1] == "ratio: >16x"
