@@ -108,6 +108,8 @@ def test_eval_prints_mean_and_spread_of_the_latest_checkpoint(tmp_path, capsys):
         (["train", "random_pendulum", "env.id=pixelpilot/Nope-v0"], "env.id:"),
         (["train", "random_pendulum", "env.id=no_such_module:Nope-v0"], "env.id: No module named 'no_such_module'"),
         (["train", "random_pendulum", "env.kwargs.colour=1"], "env.kwargs:"),
+        (["train", "ddm_cartpole_balance", "env.kwargs.reward=height"],
+         "env.kwargs: reward must be one of ('task', 'tip'), got 'height'"),
         (["eval", "not_a_run"], "not_a_run: no such run directory"),
         (["train", "--resume", "."], "not a run directory (no config.yaml)"),
         (["bench", "ddm", "agent.planing_horizon=5"], "agent.planing_horizon: unknown key"),

@@ -25,7 +25,7 @@ def make_env(config: RunConfig, render_mode: str | None = None) -> gym.Env:
         env = gym.make(config.env.id, **kwargs)
     except (gym.error.Error, ImportError) as err:  # ImportError: the module of a "module:Env-v0" id
         raise ConfigError(env_id_error(config.env.id, err)) from None
-    except TypeError as err:
+    except (TypeError, ValueError) as err:  # an argument the env does not take, or a value it refuses
         raise ConfigError(f"env.kwargs: {err}") from None
     if config.env.discrete_actions is None:
         return env
@@ -48,7 +48,7 @@ def make_vec_env(config: RunConfig) -> gym.vector.VectorEnv:
     try:
         vec = gym.make_vec(env_id, num_envs=config.env.num_envs, vectorization_mode=mode,
                            **config.env.kwargs, **config.env.vector_kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ConfigError(f"env.{'vector_kwargs' if config.env.vector_kwargs else 'kwargs'}: {err}") from None
     if config.env.discrete_actions is None:
         return vec
