@@ -2,7 +2,7 @@
 nothing but ``agents/__main__.py`` (and the ``pixelpilot`` script) imports it.
 
     pixelpilot train CONFIG [key.sub=value ...]     train; the last line printed is "run: <run directory>"
-    pixelpilot train --resume RUN_DIR               continue a killed run from its latest checkpoint
+    pixelpilot train --resume RUN_DIR [agent.trials=N]  continue a run from its latest checkpoint (for longer)
     pixelpilot eval RUN_DIR --episodes N            play the latest checkpoint, print mean and spread
     pixelpilot watch RUN_DIR [--live] [--export F]  replay recorded episodes (or play live) in a pygame window
     pixelpilot plot RUN_DIR ... [--out F.png]       learning curves, seeds of one config as mean and spread
@@ -27,7 +27,7 @@ from agents.core.agent import load_trained_agent, train
 from agents.core.config import CONFIG_DIR, ConfigError, load_config, recipe_names, resolve_config_path
 from agents.core.envs import make_env
 from agents.core.episodes import EVAL_SEED_OFFSET, evaluate
-from agents.core.run import load_run_config
+from agents.core.run import extend_run, load_run_config
 from agents.ddm.bench import bench_ddm
 from agents.dqn.bench import bench_dqn
 from agents.dqn.bench_ray import bench_ray
@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("config", nargs="?", help="a YAML path or a recipe name in configs/")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue a run from its latest checkpoint; overrides may give it a new length only "
+                            "(agent.trials=N for ddm, agent.total_steps=N for the others)")
     train.add_argument("--workers", type=int, metavar="N",
                        help="rollout workers as Ray actors feeding one learner (dqn; sets ray.workers)")
     train.add_argument("--address", metavar="ADDRESS",
@@ -220,14 +222,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.address is not None:
         ray_overrides.append(f"ray.address={args.address}")
     if args.resume:
-        if args.config or args.overrides:
-            raise ConfigError("train --resume RUN_DIR takes no config or overrides (the run keeps its own)")
+        # `train --resume DIR agent.trials=15`: argparse reads the first override as the config
+        overrides = [args.config, *args.overrides] if args.config else list(args.overrides)
+        if any("=" not in override for override in overrides):
+            raise ConfigError(f"train --resume RUN_DIR takes no config (the run keeps its own), got "
+                              f"{next(o for o in overrides if '=' not in o)!r}; to give it more trials or steps: "
+                              f"train --resume RUN_DIR agent.trials=N (or agent.total_steps=N)")
         if args.workers is not None:
             raise ConfigError("train --resume: --workers cannot change (the replay has a stream per worker env); "
                               "the run keeps its own ray.workers")
         if args.address is not None and load_run_config(args.resume).ray.workers == 0:
             raise ConfigError(f"--address {args.address}: joins a Ray cluster for rollout workers, and this run has "
                               "none (ray.workers is 0): leave --address out")
+        if overrides:
+            extend_run(args.resume, overrides)
         run_dir = train(resume=args.resume, address=args.address)
     else:
         if not args.config:

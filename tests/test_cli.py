@@ -79,8 +79,13 @@ def test_resume_after_kill_9_finishes_with_the_unbroken_step_count(tmp_path):
     assert 0 < saved < total, "the run must be killed part-way for this test to mean anything"
     assert not (run_dir / "summary.json").exists()
 
-    resumed = pixelpilot("train", "--resume", str(run_dir), "agent.total_steps=99", cwd=tmp_path)
-    assert resumed.returncode == 2  # a resumed run keeps its own config
+    config = (run_dir / "config.yaml").read_text()
+    for refused, says in [("agent.total_steps=99", "agent.total_steps=99 would shorten the run"),
+                          ("seed=3", "seed cannot change in a run"),
+                          ("agent.trials=20", "agent.trials: agent.kind random has no such key")]:
+        resumed = pixelpilot("train", "--resume", str(run_dir), refused, cwd=tmp_path)
+        assert resumed.returncode == 2 and says in resumed.stderr, resumed.stderr
+        assert (run_dir / "config.yaml").read_text() == config  # a refused change leaves the run as it was
     resumed = pixelpilot("train", "--resume", str(run_dir), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip().splitlines()[-1] == f"run: {run_dir}"
@@ -88,6 +93,14 @@ def test_resume_after_kill_9_finishes_with_the_unbroken_step_count(tmp_path):
     steps = [int(line.split(",")[0]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)), "no metrics row may be duplicated by the resume"
     assert steps[-1] == total
+
+    # a finished run continues for longer (SB3's learn(reset_num_timesteps=False)), and keeps the new length
+    longer = pixelpilot("train", "--resume", str(run_dir), f"agent.total_steps={total + 8000}", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == total + 8000
+    assert f"total_steps: {total + 8000}" in (run_dir / "config.yaml").read_text()
+    steps = [int(line.split(",")[0]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps)) and steps[-1] == total + 8000
 
 
 def test_eval_prints_mean_and_spread_of_the_latest_checkpoint(tmp_path, capsys):
@@ -245,3 +258,17 @@ def test_bench_figures_keep_three_significant_digits_so_a_ratio_near_its_goal_re
     assert text.splitlines() == ["single_steps_per_s: 5,645.6", "ratio_to_machine: 0.873", "speedup: 1.46",
                                  "ratio: 0.847x"]
     assert format_figures({"ratio": 16.04, "ratio_bound": "lower"}).splitlines()[-1] == "ratio: >16x"
+
+
+def test_resume_gives_a_ddm_run_more_trials_and_nothing_else(tmp_path, capsys):
+    from agents.core.config import load_config
+    from agents.core.run import Run, extend_run, load_run_config
+
+    run = Run.create(load_config("ddm_cartpole_balance", [f"train.runs_dir={tmp_path}", "agent.trials=10"]))
+    assert extend_run(run.dir, ["agent.trials=15"]).agent.trials == 15
+    assert load_run_config(run.dir).agent.trials == 15  # written, so every later resume keeps it
+    line = bad_input(capsys, "train", "--resume", str(run.dir), "agent.total_steps=5000")
+    assert "agent.total_steps: agent.kind ddm has no such key (its length is agent.trials)" in line
+    line = bad_input(capsys, "train", "--resume", str(run.dir), "configs/ddm_pendulum.yaml")
+    assert "takes no config" in line and "agent.trials=N" in line
+    assert load_run_config(run.dir).agent.trials == 15

@@ -31,9 +31,13 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from agents.core.config import ConfigError, RunConfig, config_from_dict, config_to_dict
+from agents.core.config import ConfigError, RunConfig, apply_override, config_from_dict, config_to_dict
 
 CHECKPOINT_PREFIX = "step_"
+# The keys `train --resume RUN_DIR key=value` may change: a run's length (a DDM run's trials, every other kind's
+# frame budget), as SB3's learn(reset_num_timesteps=False) continues a model for more steps. Anything else would
+# make the checkpoint and the config disagree.
+LENGTH_KEYS = ("agent.trials", "agent.total_steps")
 CHECKPOINTS_KEPT = 2
 
 
@@ -350,6 +354,35 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     except yaml.YAMLError:
         raise RunDirError(f"{path}: not valid YAML") from None
     return config_from_dict(data, source=path)
+
+
+def extend_run(run_dir: str | Path, overrides: list[str]) -> RunConfig:
+    """Give a run directory a longer length before it is resumed: apply ``overrides`` (keys of LENGTH_KEYS only,
+    no shorter than before) to its config.yaml, validate the result as a new config's, and rewrite the file (to a temporary name, then
+    renamed). Schedules tied to the budget (exploration, a decaying learning rate) stretch to the new length.
+    ConfigError naming the key for any other key, or a value the agent's config refuses."""
+    path = Path(run_dir) / "config.yaml"
+    config = load_run_config(run_dir)
+    data = config_to_dict(config)
+    lengths = [key for key in LENGTH_KEYS if key.split(".", 1)[1] in data["agent"]]
+    for override in overrides:
+        key = override.partition("=")[0]
+        if key not in LENGTH_KEYS:
+            raise ConfigError(f"train --resume: {key} cannot change in a run (its checkpoints were made with the "
+                              f"run's own config); only its length can: {' or '.join(LENGTH_KEYS)}")
+        if key not in lengths:
+            raise ConfigError(f"train --resume: {key}: agent.kind {config.agent.kind} has no such key (its length "
+                              f"is {' or '.join(lengths)})")
+        before = data["agent"][key.split(".", 1)[1]]
+        apply_override(data, override, source=path)
+        after = data["agent"][key.split(".", 1)[1]]
+        if isinstance(after, int) and not isinstance(after, bool) and after < before:
+            raise ConfigError(f"train --resume: {key}={after} would shorten the run (its {key} is {before}); a "
+                              f"resume gives a run more, not less")
+    extended = config_from_dict(data, source=path)
+    text = yaml.safe_dump(config_to_dict(extended), sort_keys=False)
+    atomic_write(path, lambda file: file.write(text.encode()))
+    return extended
 
 
 def load_episode(path: Path) -> dict[str, np.ndarray]:
