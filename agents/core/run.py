@@ -358,9 +358,9 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 
 def extend_run(run_dir: str | Path, overrides: list[str]) -> RunConfig:
     """Give a run directory a longer length before it is resumed: apply ``overrides`` (keys of LENGTH_KEYS only,
-    no shorter than before) to its config.yaml, validate the result as a new config's, and rewrite the file (to a temporary name, then
-    renamed). Schedules tied to the budget (exploration, a decaying learning rate) stretch to the new length.
-    ConfigError naming the key for any other key, or a value the agent's config refuses."""
+    no shorter than before) to its config.yaml, validate the result as a new config's, and rewrite the file (to a
+    temporary name, then renamed). Schedules tied to the budget (exploration, a decaying learning rate) stretch to
+    the new length. ConfigError naming the key for any other key, or a value the agent's config refuses."""
     path = Path(run_dir) / "config.yaml"
     config = load_run_config(run_dir)
     data = config_to_dict(config)

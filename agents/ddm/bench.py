@@ -4,8 +4,9 @@
     bench_ddm(controller="policy")  the same with the learned feedback policy
     compare_model_quality()         joint DDM vs auto-encoder-then-dynamics on the same frames
 
-The SB3 baseline is run once (`rerun_sb3=True` runs configs/sb3_ppo_pendulum.yaml again, about 16 minutes on a
-2-core CPU) and its figures are stored with the command that made them; `ratio` is SB3's frames to its first
+The SB3 PPO baseline of each env (SB3_BASELINES: the pendulum's, cart-pole balance's) is run once
+(`rerun_sb3=True` runs its config again: configs/sb3_ppo_pendulum.yaml takes about 16 minutes on a 2-core CPU)
+and its figures are stored with the command that made them; `ratio` is SB3's frames to its first
 success over the DDM agent's mean frames to success. `ratio_bound` says how to read it: "exact"; "lower"
 when SB3 never succeeded within its budget (the budget stands in, the ratio reads "more than"); "upper"
 when a DDM seed never succeeded (its frames used stand in, "less than"); null, with no ratio, for both.
@@ -43,9 +44,17 @@ from nets.ddm import DeepDynamicalModel, prediction_errors
 
 BASELINES = Path(__file__).resolve().parent / "baselines"
 HELD_WITHIN = 10  # the headline: seeds whose pendulum is held (the env's success) within this many trials
-SB3_RESULT = BASELINES / "sb3_pendulum.json"
+PENDULUM = "pixelpilot/Pendulum-v0"
+# Each env's stored SB3 PPO run (agents/ddm/baselines/) and the config `--rerun-sb3` trains it with: the frame
+# ratio of a DDM recipe is against the baseline of its own env (none for an env not listed). The SAC and
+# value-based rows are the pendulum's only.
+SB3_BASELINES = {
+    PENDULUM: ("sb3_pendulum.json", "configs/sb3_ppo_pendulum.yaml"),
+    "pixelpilot/CartPoleBalance-v0": ("sb3_cartpole_balance.json", "configs/sb3_ppo_cartpole_balance.yaml"),
+}
+SB3_RESULT = BASELINES / SB3_BASELINES[PENDULUM][0]
 SAC_RESULT = BASELINES / "sb3_sac_pendulum.json"  # SB3 SAC (configs/sb3_sac_pendulum.yaml)
-SB3_CONFIG = "configs/sb3_ppo_pendulum.yaml"
+SB3_CONFIG = SB3_BASELINES[PENDULUM][1]
 VALUE_BASED = {"dqn": "dqn_pendulum", "rainbow": "rainbow_pendulum"}  # row name -> config, stored as
 VALUE_BASED_RESULT = BASELINES / "{config}.json"  # agents/ddm/baselines/<config>.json
 VALUE_BASED_SEEDS = 3
@@ -135,16 +144,23 @@ def read_sb3_result(path: Path = SB3_RESULT) -> dict | None:
     return result
 
 
-def rerun_sb3_baseline(path: Path = SB3_RESULT) -> dict:
-    """Train SB3 with configs/sb3_ppo_pendulum.yaml and store its figures (and the command) in `path`."""
+def rerun_sb3_baseline(path: Path = SB3_RESULT, config_path: str = SB3_CONFIG) -> dict:
+    """Train SB3 with `config_path` (the pendulum's: configs/sb3_ppo_pendulum.yaml) and store its figures (and the
+    command) in `path`."""
     with tempfile.TemporaryDirectory() as runs_dir:
-        config = load_config(SB3_CONFIG, [f"train.runs_dir={runs_dir}"])
+        config = load_config(config_path, [f"train.runs_dir={runs_dir}"])
         started = time.time()
         summary = json.loads((train(config) / "summary.json").read_text())
-    result = {"algo": config.agent.algo, "env_id": config.env.id, "frame_budget": summary["env_steps"],
+    result = {"algo": config.agent.algo, "env_id": config.env.id, "env_kwargs": config.env.kwargs,
+              "frame_budget": summary["env_steps"],
               "frames_to_first_success": summary.get("eval_frames_to_first_success"),  # the first evaluated success
               "wall_s": round(time.time() - started, 1), "hardware": json.dumps(hardware()),
-              "command": f"pixelpilot bench ddm --rerun-sb3 (pixelpilot train {SB3_CONFIG})",
+              "date": time.strftime("%Y-%m-%d"),
+              "command": f"pixelpilot bench ddm --config ... --rerun-sb3 (pixelpilot train {config_path})",
+              "definition": "frames = training env steps summed over the envs. frames_to_first_success: env steps at "
+                            "the first evaluation (every agent.eval_every steps, agent.eval_episodes deterministic "
+                            "episodes, their frames not counted) in which an episode met the env's is_success; "
+                            "null: none within the budget",
               "run_summary": summary}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=float) + "\n")
@@ -274,9 +290,15 @@ def bench_ddm(
         raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
     seeds = seed_list(seeds, seed_start)
     overrides = [*overrides] + ([f"agent.controller={controller}"] if controller else [])
-    agent_config = load_config(config, overrides).agent  # bad overrides fail here, before any seed runs
+    run_config = load_config(config, overrides)  # bad overrides fail here, before any seed runs
+    agent_config, env_id = run_config.agent, run_config.env.id
     if agent_config.kind != "ddm":
         raise ConfigError(f"{config}: agent.kind: bench ddm runs the ddm agent, got {agent_config.kind!r}")
+    if rerun_sb3 and env_id not in SB3_BASELINES:
+        raise ConfigError(f"--rerun-sb3: no SB3 baseline config for env.id {env_id} (there are: "
+                          f"{', '.join(SB3_BASELINES)})")
+    if rerun_dqn and env_id != PENDULUM:
+        raise ConfigError(f"--rerun-dqn: the value-based rows are the pendulum's ({PENDULUM}), not {env_id}'s")
     per_seed = []
     with tempfile.TemporaryDirectory() as temporary:
         summaries = run_seeds(config, seeds, overrides, runs_dir or temporary, jobs, address, keep=runs_dir is not None)
@@ -291,7 +313,7 @@ def bench_ddm(
     # The median of trials to success, an unsolved seed counted as its budget + 1 (above every solved one).
     trials = [item["trials_to_success"] or agent_config.trials + 1 for item in per_seed]
     result = {
-        "config": config, "controller": agent_config.controller, "overrides": list(overrides),
+        "config": config, "env_id": env_id, "controller": agent_config.controller, "overrides": list(overrides),
         "seeds": seeds, "solved_seeds": len(solved),
         "held_within_10": sum(item["trials_to_success"] <= HELD_WITHIN for item in solved),
         "median_trials": float(np.median(trials)),
@@ -304,13 +326,19 @@ def bench_ddm(
         # per job; on a cluster (address) the seeds ran on its nodes, not on this machine
         "hardware": {**hardware(), **({"torch_threads": 1} if jobs > 1 or address else {})},
     }
-    sac = read_sb3_result(SAC_RESULT)
+    pendulum = env_id == PENDULUM
+    sac = read_sb3_result(SAC_RESULT) if pendulum else None
     if sac is not None:
         result["sac"] = sac
         result["sac"]["ratio"], result["sac"]["ratio_bound"] = frame_ratio(
             sac["frames_to_first_success"], sac["frame_budget"], ddm_frames, len(solved) == len(seeds))
-    sb3 = rerun_sb3_baseline() if rerun_sb3 else read_sb3_result()
-    if sb3 is not None:
+    sb3 = None
+    if env_id in SB3_BASELINES:
+        name, sb3_config = SB3_BASELINES[env_id]
+        sb3 = rerun_sb3_baseline(BASELINES / name, sb3_config) if rerun_sb3 else read_sb3_result(BASELINES / name)
+    if sb3 is None:
+        result["sb3_missing"] = f"no SB3 baseline stored for {env_id} (agents/ddm/baselines/): no frame ratio"
+    else:
         result["sb3"] = sb3
         result["ratio"], result["ratio_bound"] = frame_ratio(
             sb3["frames_to_first_success"], sb3["frame_budget"], ddm_frames, len(solved) == len(seeds))
@@ -321,7 +349,7 @@ def bench_ddm(
     if rerun_dqn:
         for name in VALUE_BASED:
             rerun_value_based(name, jobs=jobs, address=address)
-    value_based = value_based_rows(ddm_frames, len(solved) == len(seeds))
+    value_based = value_based_rows(ddm_frames, len(solved) == len(seeds)) if pendulum else {}
     if value_based:
         result["value_based"] = value_based
     best = best_model_free(model_free_frames(result), ddm_frames, len(solved) == len(seeds))

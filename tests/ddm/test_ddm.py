@@ -780,6 +780,31 @@ def test_bench_reports_trials_frames_and_the_sb3_ratio():
     assert result["best_model_free"]["frames"] <= min(frames for frames in rows if frames is not None)
 
 
+def test_bench_compares_a_cartpole_recipe_with_the_cartpole_baseline_not_the_pendulums(tmp_path, monkeypatch):
+    """The frame ratio is against the SB3 run of the recipe's own env; the pendulum-only rows stay out, an env
+    with no stored run says so, and a rerun that has nothing to run is refused before any seed runs."""
+    stored = {"algo": "ppo", "env_id": "pixelpilot/CartPoleBalance-v0", "frame_budget": 200_000,
+              "frames_to_first_success": 30_000, "run_summary": {}}
+    (tmp_path / "sb3_cartpole_balance.json").write_text(json.dumps(stored))
+    monkeypatch.setattr(bench, "BASELINES", tmp_path)
+    cartpole = ["env.id=pixelpilot/CartPoleBalance-v0", "env.kwargs={image_size: 40, reward: tip}",
+                "agent.model.latent_grad=false"]
+    result = bench_ddm(seeds=1, config="ddm_pendulum_tiny", overrides=cartpole, model_quality=False)
+    assert result["env_id"] == "pixelpilot/CartPoleBalance-v0" and result["sb3"]["frames_to_first_success"] == 30_000
+    bound = "exact" if result["solved_seeds"] else "upper"  # 20-step trials: a pole that stays up 20 steps "holds"
+    assert result["ratio"] == pytest.approx(30_000 / result["ddm_frames_mean"]) and result["ratio_bound"] == bound
+    assert "sac" not in result and "value_based" not in result
+    assert result["best_model_free"]["row"] == "ppo"
+    swing = ["env.id=pixelpilot/CartPoleSwingUp-v0", "env.kwargs={image_size: 40}"]
+    result = bench_ddm(seeds=1, config="ddm_pendulum_tiny", overrides=swing, model_quality=False)
+    assert "sb3" not in result and "ratio" not in result and "CartPoleSwingUp-v0" in result["sb3_missing"]
+    with pytest.raises(ConfigError, match="--rerun-dqn: the value-based rows are the pendulum's"):
+        bench_ddm(seeds=1, config="ddm_pendulum_tiny", overrides=cartpole, rerun_dqn=True, runs_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="--rerun-sb3: no SB3 baseline config for env.id pixelpilot/CartPoleSwingUp"):
+        bench_ddm(seeds=1, config="ddm_pendulum_tiny", overrides=swing, rerun_sb3=True, runs_dir=str(tmp_path))
+    assert not (tmp_path / "ddm_pendulum_tiny").exists()  # refused before any seed ran
+
+
 def test_bench_runs_a_block_of_seeds_and_reports_held_within_10_and_the_median(tmp_path):
     """A fresh block is one command (--seeds 1000-1019): the seeds run are the block's, each seed's run directory
     is named by it, and the report counts the seeds held within 10 trials."""
