@@ -96,6 +96,10 @@ class DeepDynamicalModel(nn.Module):
         ensemble: transition networks (members); above 1, an ensemble (module docstring).
         continue_hidden: hidden sizes of the continue head (module docstring); None: no head, episodes are
             taken never to end.
+        alive_bonus: with a continue head, added to every imagined step's reward while the rollout has not
+            ended, so a plan that ends early loses it for each step it no longer plays. For rewards that do not
+            say that ending is bad: a swing-up's height reward pays a cart that leaves the track at speed more,
+            within a short plan, than one that stays.
 
     Shapes: observations `(..., C, H, W)` uint8 (or float in [0, 1]); latents `(..., latent_dim)`;
     actions `(..., action_dim)`; histories `(..., context, latent_dim)`.
@@ -119,6 +123,7 @@ class DeepDynamicalModel(nn.Module):
         latent_grad: bool = True,
         ensemble: int = 1,
         continue_hidden: Sequence[int] | None = None,
+        alive_bonus: float = 0.0,
     ) -> None:
         super().__init__()
         if encoder not in get_args(Encoder):
@@ -127,6 +132,10 @@ class DeepDynamicalModel(nn.Module):
             raise ValueError(f"DeepDynamicalModel: latent_dim and context must be >= 1, got {latent_dim}, {context}")
         if ensemble < 1:
             raise ValueError(f"DeepDynamicalModel: ensemble must be >= 1, got {ensemble}")
+        if alive_bonus and continue_hidden is None:
+            raise ValueError(f"DeepDynamicalModel: alive_bonus {alive_bonus} needs a continue head (continue_hidden): "
+                             "without one no imagined rollout ends, and the bonus changes no plan")
+        self.alive_bonus = float(alive_bonus)
         self.obs_shape = tuple(int(size) for size in obs_shape)
         self.action_dim = action_dim
         self.latent_dim = latent_dim
@@ -214,12 +223,13 @@ class DeepDynamicalModel(nn.Module):
 
     def imagined_return(self, latents: torch.Tensor) -> torch.Tensor:
         """The return of an imagined rollout: `(..., horizon, latent_dim)` latents after each action -> `(...)`,
-        the summed predicted rewards, each weighted by the probability that the rollout has not ended by then
-        (the product of the continue head's probabilities up to that latent); the plain sum without a head."""
+        the summed predicted rewards (plus `alive_bonus` each), each weighted by the probability that the rollout
+        has not ended by then (the product of the continue head's probabilities up to that latent); the plain sum
+        without a head."""
         rewards = self.reward(latents)
         if self.continue_net is None:
             return rewards.sum(-1)
-        return (rewards * self.continues(latents).cumprod(-1)).sum(-1)
+        return ((rewards + self.alive_bonus) * self.continues(latents).cumprod(-1)).sum(-1)
 
     # rollouts -------------------------------------------------------------------------------------------
     def step(self, history: torch.Tensor, action: torch.Tensor, sample: bool = False) -> torch.Tensor:

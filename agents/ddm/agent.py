@@ -84,6 +84,9 @@ def _check_model(model: ModelConfig) -> None:
         raise ConfigError(f"inertia: needs model.context >= 2 (a velocity), got context {model.context}")
     if model.min_std <= 0:
         raise ConfigError(f"min_std: must be > 0, got {model.min_std}")
+    if model.alive_bonus and model.continue_hidden is None:
+        raise ConfigError(f"alive_bonus: {model.alive_bonus} needs a continue head (model.continue_hidden): without "
+                          "one no imagined rollout ends, and the bonus changes no plan")
 
 
 # `model:` is DeepDynamicalModel(**model): its keys are the constructor's keyword arguments, with the

@@ -230,7 +230,7 @@ class PolicySearch:
             latent = histories[-1][..., -1, :]
             if model.continue_net is not None:  # rewards count while the rollout has not ended
                 alive = alive * model.continues(latent)
-            rewards.append(alive * model.reward(latent))
+            rewards.append(alive * (model.reward(latent) + model.alive_bonus))
         # (batch, horizon + 1, context, latent_dim); an ensemble's members' rollouts side by side in the batch
         states = torch.stack(histories, -3).reshape(-1, self.horizon + 1, *starts.shape[-2:])
         rewards = torch.stack(rewards, -1).reshape(-1, self.horizon)

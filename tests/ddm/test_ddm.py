@@ -967,6 +967,25 @@ def test_the_imagined_return_counts_rewards_while_the_rollout_has_not_ended():
     torch.testing.assert_close(model.imagined_return(latents), torch.tensor([8.0, 8.0]))
 
 
+def test_an_alive_bonus_ranks_a_rollout_that_ends_early_below_one_that_stays():
+    """A swing-up's trap: a rollout that leaves the track scores high rewards until it ends; one that stays
+    scores little. With the bonus the staying one wins, and a bonus without a continue head is refused."""
+    model = DeepDynamicalModel(OBS_SHAPE, 1, 1.0, latent_dim=1, context=1, encoder_hidden=(8,), continue_hidden=(4,),
+                               alive_bonus=1.0)
+    model.reward_net = nn.Identity()  # the reward is the latent itself
+    model.continue_net = nn.Sequential(nn.Identity())
+    model.continue_net.forward = lambda z: torch.where(z > 1.5, -30.0, 30.0)  # a latent past 1.5 ends the rollout
+    leaves = torch.tensor([[[0.9], [1.0], [1.4], [1.6], [1.6], [1.6]]])  # rewards 0.9, 1.0, 1.4, then ended
+    stays = torch.tensor([[[0.2], [0.2], [0.2], [0.2], [0.2], [0.2]]])
+    with_bonus = model.imagined_return(torch.cat([leaves, stays]))
+    assert with_bonus[1] > with_bonus[0]  # 6 * 1.2 = 7.2 against 3.3 + 3
+    model.alive_bonus = 0.0
+    without = model.imagined_return(torch.cat([leaves, stays]))
+    assert without[0] > without[1]  # 3.3 against 1.2: ending looks better
+    with pytest.raises(ValueError, match="alive_bonus 1.0 needs a continue head"):
+        DeepDynamicalModel(OBS_SHAPE, 1, 1.0, latent_dim=1, context=1, encoder_hidden=(8,), alive_bonus=1.0)
+
+
 def test_the_continue_head_learns_which_latent_after_a_step_is_terminal():
     # z' = z + a; a step ends the episode when it lands past 1. Fed the latent before the step instead, the head
     # could not be sure (from z = 0.5, a step ends it a quarter of the time): it must read the latent after.
