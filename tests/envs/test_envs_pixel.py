@@ -380,6 +380,33 @@ def test_cartpole_tip_reward_is_one_upright_at_the_centre_and_falls_with_the_tip
     assert (numpy_rewards > 0).all() and (numpy_rewards <= 1).all()
 
 
+def test_cartpole_upright_reward_sees_the_lean_the_tip_reward_hardly_sees(one_torch_thread):
+    import torch
+
+    rewards = {}
+    for reward in ("tip", "upright"):
+        env = PixelCartPoleEnv(task="balance", reward=reward)
+        for x, angle in [(0.0, 0.0), (0.0, 0.2), (-0.2, 0.2), (1.0, 0.0), (0.0, 2 * np.pi + 0.1)]:
+            env.reset(seed=0, options={"x": x, "angle": angle, "x_velocity": 0.0, "angular_velocity": 0.0})
+            _, rewards[reward, x, angle], _, _, info = env.step(np.zeros(1, np.float32))
+            if reward == "upright":
+                expected = np.exp(-info["angle"] ** 2 / (2 * 0.1**2) - info["x"] ** 2 / 2)
+                assert rewards[reward, x, angle] == pytest.approx(expected, rel=1e-4)
+    # a cart pushed away from a 0.2 rad lean keeps the tip over the centre: the tip reward likes it, upright does not
+    assert rewards["tip", -0.2, 0.2] > rewards["tip", 0.0, 0.2]
+    assert rewards["upright", -0.2, 0.2] < rewards["upright", 0.0, 0.2] < 0.2
+    assert rewards["upright", 0.0, 0.0] > 0.99 and rewards["upright", 1.0, 0.0] == pytest.approx(np.exp(-0.5), rel=1e-2)
+    assert rewards["upright", 0.0, 2 * np.pi + 0.1] == pytest.approx(rewards["upright", 0.0, 0.2] ** 0.25, rel=0.2)
+    numpy_core = PixelCartPoleVectorEnv(num_envs=3, task="swingup", reward="upright")
+    torch_core = PixelCartPoleVectorEnv(num_envs=3, task="swingup", reward="upright", backend="torch", device="cpu")
+    for vector in (numpy_core, torch_core):
+        vector.reset(seed=3)
+    actions = np.array([[1.0], [-0.5], [0.0]], np.float32)
+    _, numpy_rewards, *_ = numpy_core.step(actions)
+    _, torch_rewards, *_ = torch_core.step(torch.from_numpy(actions))
+    np.testing.assert_allclose(np.asarray(torch_rewards), numpy_rewards, rtol=1e-5, atol=1e-30)
+
+
 def test_bad_arguments_say_what_is_wrong():
     with pytest.raises(ValueError, match="task must be one of"):
         PixelCartPoleEnv(task="juggle")
