@@ -228,9 +228,11 @@ class PolicySearch:
         for _ in range(self.horizon):
             histories.append(model.step(histories[-1], policy(histories[-1]), sample=True))
             latent = histories[-1][..., -1, :]
-            if model.continue_net is not None:  # rewards count while the rollout has not ended
+            reward = model.reward(latent)
+            if model.continue_net is not None:  # rewards (and the alive bonus) count while the rollout has not ended
                 alive = alive * model.continues(latent)
-            rewards.append(alive * (model.reward(latent) + model.alive_bonus))
+                reward = reward + model.alive_bonus
+            rewards.append(alive * reward)
         # (batch, horizon + 1, context, latent_dim); an ensemble's members' rollouts side by side in the batch
         states = torch.stack(histories, -3).reshape(-1, self.horizon + 1, *starts.shape[-2:])
         rewards = torch.stack(rewards, -1).reshape(-1, self.horizon)
