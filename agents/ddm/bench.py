@@ -150,7 +150,7 @@ def rerun_sb3_baseline(path: Path = SB3_RESULT, config_path: str = SB3_CONFIG) -
     with tempfile.TemporaryDirectory() as runs_dir:
         config = load_config(config_path, [f"train.runs_dir={runs_dir}"])
         started = time.time()
-        summary = json.loads((train(config) / "summary.json").read_text())
+        summary = json.loads((train(config, quiet=True) / "summary.json").read_text())  # --json: one object
     result = {"algo": config.agent.algo, "env_id": config.env.id, "env_kwargs": config.env.kwargs,
               "frame_budget": summary["env_steps"],
               "frames_to_first_success": summary.get("eval_frames_to_first_success"),  # the first evaluated success
