@@ -229,7 +229,9 @@ class DeepDynamicalModel(nn.Module):
         rewards = self.reward(latents)
         if self.continue_net is None:
             return rewards.sum(-1)
-        return ((rewards + self.alive_bonus) * self.continues(latents).cumprod(-1)).sum(-1)
+        if self.alive_bonus:  # (an add on every plan's rollouts only when asked)
+            rewards = rewards + self.alive_bonus
+        return (rewards * self.continues(latents).cumprod(-1)).sum(-1)
 
     # rollouts -------------------------------------------------------------------------------------------
     def step(self, history: torch.Tensor, action: torch.Tensor, sample: bool = False) -> torch.Tensor:

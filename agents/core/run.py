@@ -373,9 +373,10 @@ def extend_run(run_dir: str | Path, overrides: list[str]) -> RunConfig:
         if key not in lengths:
             raise ConfigError(f"train --resume: {key}: agent.kind {config.agent.kind} has no such key (its length "
                               f"is {' or '.join(lengths)})")
-        before = data["agent"][key.split(".", 1)[1]]
+        name = key.split(".", 1)[1]
+        before = data["agent"][name]
         apply_override(data, override, source=path)
-        after = data["agent"][key.split(".", 1)[1]]
+        after = data["agent"][name]
         if isinstance(after, int) and not isinstance(after, bool) and after < before:
             raise ConfigError(f"train --resume: {key}={after} would shorten the run (its {key} is {before}); a "
                               f"resume gives a run more, not less")

@@ -231,7 +231,8 @@ class PolicySearch:
             reward = model.reward(latent)
             if model.continue_net is not None:  # rewards (and the alive bonus) count while the rollout has not ended
                 alive = alive * model.continues(latent)
-                reward = reward + model.alive_bonus
+                if model.alive_bonus:
+                    reward = reward + model.alive_bonus
             rewards.append(alive * reward)
         # (batch, horizon + 1, context, latent_dim); an ensemble's members' rollouts side by side in the batch
         states = torch.stack(histories, -3).reshape(-1, self.horizon + 1, *starts.shape[-2:])
