@@ -39,7 +39,7 @@ X_THRESHOLD = 2.4
 
 TASKS = ("balance", "swingup")
 REWARDS = ("task", "tip", "upright")
-# Swing-up reward: pole height in [0, 1] minus this times (x / X_THRESHOLD)^2.
+# Swing-up reward: pole height in [0, 1] minus this times (x / X_THRESHOLD)^2 (the ``position_cost`` argument).
 CART_POSITION_COST = 0.1
 # The "tip" reward (PILCO's saturating cost, Deisenroth & Rasmussen 2011): exp(-d^2 / (2 TIP_WIDTH^2)), d the
 # distance of the pole's tip from where it is when the pole stands upright over the track's centre.
@@ -96,12 +96,16 @@ class CartPoleTask(Task):
         substeps: int | None = None,
         start_noise: float = 0.05,
         reward: str = "task",
+        position_cost: float = CART_POSITION_COST,
     ):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if reward not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
         self.reward = reward
+        if not position_cost >= 0:
+            raise ValueError(f"position_cost must be >= 0, got {position_cost}")
+        self.position_cost = position_cost
         if image_size < 16:
             raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
         self.task = task
@@ -160,7 +164,7 @@ class CartPoleTask(Task):
             reward = x * 0 + 1.0
         else:
             terminated = off_track
-            reward = 0.5 * (1 + xp.cos(angle)) - CART_POSITION_COST * (x / X_THRESHOLD) ** 2
+            reward = 0.5 * (1 + xp.cos(angle)) - self.position_cost * (x / X_THRESHOLD) ** 2
         if self.reward == "tip":
             pole = 2 * HALF_POLE_LENGTH
             distance2 = (x + pole * xp.sin(angle)) ** 2 + (pole * (1 - xp.cos(angle))) ** 2
@@ -207,8 +211,8 @@ _DOC_SECTIONS = """
 
     ## Rewards
     ``reward="task"`` (default): ``"balance"``, 1 per step, including the last (CartPole-v1's);
-    ``"swingup"``, the pole's height ``(1 + cos(angle)) / 2`` minus ``0.1 * (x / 2.4)^2``, between
-    -0.1 and 1. ``reward="tip"``, either task: PILCO's saturating reward ``exp(-d^2 / (2 * 0.25^2))``,
+    ``"swingup"``, the pole's height ``(1 + cos(angle)) / 2`` minus ``position_cost * (x / 2.4)^2``
+    (``position_cost`` 0.1 unless given), between ``-position_cost`` and 1. ``reward="tip"``, either task: PILCO's saturating reward ``exp(-d^2 / (2 * 0.25^2))``,
     ``d`` the distance (m) of the pole's tip from its place when upright over the track's centre,
     in (0, 1]: it tells a learned model how far from the goal a state is, where 1 per step tells it
     only when the episode ends. ``reward="upright"``: ``exp(-angle^2 / (2 * 0.1^2) - x^2 / 2)``
@@ -237,7 +241,8 @@ _DOC_SECTIONS = """
     ## Arguments
     - ``task`` ("balance" or "swingup"), ``continuous`` (True), ``image_size`` (64),
       ``substeps`` (1 for balance, 4 for swing-up), ``start_noise`` (0.05), ``reward`` ("task", "tip"
-      or "upright").
+      or "upright"), ``position_cost`` (0.1: the swing-up task reward's cost of the cart's distance from the
+      centre; a larger one tells a learned reward of the track's end on every frame, not only the last).
     - ``render_mode`` (None or "rgb_array"): ``render()`` draws the state at ``render_size``
       (256) pixels as RGB.
 
@@ -260,9 +265,10 @@ class PixelCartPoleEnv(BatchedPixelEnv):
         start_noise: float = 0.05,
         render_size: int = 256,
         reward: str = "task",
+        position_cost: float = CART_POSITION_COST,
     ):
-        super().__init__(CartPoleTask(task, continuous, image_size, substeps, start_noise, reward), render_mode,
-                         render_size)
+        super().__init__(CartPoleTask(task, continuous, image_size, substeps, start_noise, reward, position_cost),
+                         render_mode, render_size)
 
 
 class PixelCartPoleVectorEnv(BatchedPixelVectorEnv):
@@ -290,9 +296,10 @@ class PixelCartPoleVectorEnv(BatchedPixelVectorEnv):
         device: str | None = None,
         render_size: int = 256,
         reward: str = "task",
+        position_cost: float = CART_POSITION_COST,
     ):
         super().__init__(
-            CartPoleTask(task, continuous, image_size, substeps, start_noise, reward),
+            CartPoleTask(task, continuous, image_size, substeps, start_noise, reward, position_cost),
             num_envs,
             max_episode_steps,
             render_mode,

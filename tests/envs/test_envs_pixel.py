@@ -407,6 +407,31 @@ def test_cartpole_upright_reward_sees_the_lean_the_tip_reward_hardly_sees(one_to
     np.testing.assert_allclose(np.asarray(torch_rewards), numpy_rewards, rtol=1e-5, atol=1e-30)
 
 
+def test_cartpole_position_cost_weighs_the_carts_distance_in_the_swingup_reward(one_torch_thread):
+    import torch
+
+    rewards = {}
+    for cost in (0.1, 1.0):
+        env = PixelCartPoleEnv(task="swingup", position_cost=cost)
+        for x in (0.0, 1.2, 2.0):
+            env.reset(seed=0, options={"x": x, "angle": 0.0, "x_velocity": 0.0, "angular_velocity": 0.0})
+            _, rewards[cost, x], _, _, info = env.step(np.zeros(1, np.float32))
+            expected = 0.5 * (1 + np.cos(info["angle"])) - cost * (info["x"] / 2.4) ** 2
+            assert rewards[cost, x] == pytest.approx(expected, rel=1e-4)
+    assert rewards[0.1, 0.0] == pytest.approx(rewards[1.0, 0.0], rel=1e-6)  # no cost at the centre
+    assert rewards[1.0, 2.0] < rewards[0.1, 2.0] - 0.5  # near the track's end the larger cost outweighs the height
+    numpy_core = PixelCartPoleVectorEnv(num_envs=3, task="swingup", position_cost=1.0)
+    torch_core = PixelCartPoleVectorEnv(num_envs=3, task="swingup", position_cost=1.0, backend="torch", device="cpu")
+    for vector in (numpy_core, torch_core):
+        vector.reset(seed=3, options={"x": np.array([0.0, 1.0, -2.0])})
+    actions = np.array([[1.0], [-0.5], [0.0]], np.float32)
+    _, numpy_rewards, *_ = numpy_core.step(actions)
+    _, torch_rewards, *_ = torch_core.step(torch.from_numpy(actions))
+    np.testing.assert_allclose(np.asarray(torch_rewards), numpy_rewards, rtol=1e-5)
+    with pytest.raises(ValueError, match="position_cost must be >= 0"):
+        PixelCartPoleEnv(task="swingup", position_cost=-1.0)
+
+
 def test_bad_arguments_say_what_is_wrong():
     with pytest.raises(ValueError, match="task must be one of"):
         PixelCartPoleEnv(task="juggle")
