@@ -144,9 +144,10 @@ def read_sb3_result(path: Path = SB3_RESULT) -> dict | None:
     return result
 
 
-def rerun_sb3_baseline(path: Path = SB3_RESULT, config_path: str = SB3_CONFIG) -> dict:
+def rerun_sb3_baseline(path: Path = SB3_RESULT, config_path: str = SB3_CONFIG,
+                       ddm_config: str = "ddm_pendulum") -> dict:
     """Train SB3 with `config_path` (the pendulum's: configs/sb3_ppo_pendulum.yaml) and store its figures (and the
-    command) in `path`."""
+    command that reruns it: `bench ddm --config ddm_config --rerun-sb3`) in `path`."""
     with tempfile.TemporaryDirectory() as runs_dir:
         config = load_config(config_path, [f"train.runs_dir={runs_dir}"])
         started = time.time()
@@ -156,7 +157,7 @@ def rerun_sb3_baseline(path: Path = SB3_RESULT, config_path: str = SB3_CONFIG) -
               "frames_to_first_success": summary.get("eval_frames_to_first_success"),  # the first evaluated success
               "wall_s": round(time.time() - started, 1), "hardware": json.dumps(hardware()),
               "date": time.strftime("%Y-%m-%d"),
-              "command": f"pixelpilot bench ddm --config ... --rerun-sb3 (pixelpilot train {config_path})",
+              "command": f"pixelpilot bench ddm --config {ddm_config} --rerun-sb3 (pixelpilot train {config_path})",
               "definition": "frames = training env steps summed over the envs. frames_to_first_success: env steps at "
                             "the first evaluation (every agent.eval_every steps, agent.eval_episodes deterministic "
                             "episodes, their frames not counted) in which an episode met the env's is_success; "
@@ -335,7 +336,8 @@ def bench_ddm(
     sb3 = None
     if env_id in SB3_BASELINES:
         name, sb3_config = SB3_BASELINES[env_id]
-        sb3 = rerun_sb3_baseline(BASELINES / name, sb3_config) if rerun_sb3 else read_sb3_result(BASELINES / name)
+        sb3 = rerun_sb3_baseline(BASELINES / name, sb3_config, config) if rerun_sb3 else \
+            read_sb3_result(BASELINES / name)
     if sb3 is None:
         result["sb3_missing"] = f"no SB3 baseline stored for {env_id} (agents/ddm/baselines/): no frame ratio"
     else:

@@ -805,6 +805,19 @@ def test_bench_compares_a_cartpole_recipe_with_the_cartpole_baseline_not_the_pen
     assert not (tmp_path / "ddm_pendulum_tiny").exists()  # refused before any seed ran
 
 
+def test_a_rerun_sb3_baseline_is_stored_with_the_command_that_reruns_it(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"env_steps": 4_000, "eval_frames_to_first_success": 2_000}))
+    monkeypatch.setattr(bench, "train", lambda config, quiet: run_dir)  # the SB3 run itself is tests/test_sb3.py's
+    result = bench.rerun_sb3_baseline(tmp_path / "sb3.json", "configs/sb3_ppo_cartpole_balance.yaml",
+                                      "ddm_cartpole_balance")
+    stored = json.loads((tmp_path / "sb3.json").read_text())
+    assert stored["command"].startswith("pixelpilot bench ddm --config ddm_cartpole_balance --rerun-sb3 ")
+    assert stored["env_id"] == "pixelpilot/CartPoleBalance-v0" and stored["frame_budget"] == 4_000
+    assert result["frames_to_first_success"] == 2_000
+
+
 def test_bench_runs_a_block_of_seeds_and_reports_held_within_10_and_the_median(tmp_path):
     """A fresh block is one command (--seeds 1000-1019): the seeds run are the block's, each seed's run directory
     is named by it, and the report counts the seeds held within 10 trials."""
