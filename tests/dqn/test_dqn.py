@@ -99,6 +99,20 @@ def test_dqn_and_rainbow_learn_to_walk_to_the_reward(tmp_path, recipe):
     assert "rollout/success" in rows[0].split(",")
 
 
+def test_dqn_on_batched_envs_with_an_update_per_vector_step_learns_with_a_quarter_of_the_updates(tmp_path):
+    """dqn_pendulum_fast's way (four envs, an update per four frames): the updates owed are counted in frames
+    summed over the envs, and the agent still learns the task."""
+    torch.manual_seed(0)
+    config = dot_config(tmp_path, "dqn_minatar_breakout", "env.num_envs=4", "agent.train_every=4",
+                        "agent.total_steps=4000", "agent.epsilon_decay_steps=2000", "agent.replay.n_step=3")
+    run_dir = train(config, quiet=True)
+    agent = DQNAgent(config, torch.device("cpu"))
+    agent.load_state_dict(load_checkpoint(checkpoint_paths(run_dir)[-1])["agent"])
+    assert agent.env_steps == 4000 and agent.updates == (4000 - 200) // 4
+    after = evaluate(agent, make_env(config), episodes=10, seed=100)
+    assert after.returns.mean() == 1.0 and after.successes.all()
+
+
 def test_a_tiny_minatar_run_writes_the_run_directory_and_evaluates(tmp_path, capsys):
     config = load_config("rainbow_minatar_breakout", [
         f"train.runs_dir={tmp_path}", "train.device=cpu", "agent.total_steps=600", "agent.learning_starts=200",
