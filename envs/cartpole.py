@@ -212,7 +212,8 @@ _DOC_SECTIONS = """
     ## Rewards
     ``reward="task"`` (default): ``"balance"``, 1 per step, including the last (CartPole-v1's);
     ``"swingup"``, the pole's height ``(1 + cos(angle)) / 2`` minus ``position_cost * (x / 2.4)^2``
-    (``position_cost`` 0.1 unless given), between ``-position_cost`` and 1. ``reward="tip"``, either task: PILCO's saturating reward ``exp(-d^2 / (2 * 0.25^2))``,
+    (``position_cost`` 0.1 unless given), between ``-position_cost`` and 1. ``reward="tip"``, either
+    task: PILCO's saturating reward ``exp(-d^2 / (2 * 0.25^2))``,
     ``d`` the distance (m) of the pole's tip from its place when upright over the track's centre,
     in (0, 1]: it tells a learned model how far from the goal a state is, where 1 per step tells it
     only when the episode ends. ``reward="upright"``: ``exp(-angle^2 / (2 * 0.1^2) - x^2 / 2)``
