@@ -39,7 +39,7 @@ from agents.core.agent import Mutation
 from agents.core.config import ConfigError, RunConfig, at_least, config_class
 from agents.core.envs import env_fps, make_env
 from agents.core.episodes import EpisodeStats
-from agents.core.qnets import act_epsilon_greedy, next_stack
+from agents.core.qnets import FlatGradients, act_epsilon_greedy, next_stack
 from agents.core.run import (
     EpisodeRecorder,
     Every,
@@ -174,6 +174,7 @@ class DQNAgent:
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=agent.lr, eps=agent.adam_eps,
                                           **({"fused": True} if device.type in ("cpu", "cuda") else {}))
+        self.gradients = FlatGradients(self.online.parameters())
         self.compute_losses = self.losses
         if agent.compile:
             self.compute_losses = torch.compile(self.losses, mode="reduce-overhead" if device.type == "cuda" else None)
@@ -319,10 +320,10 @@ class DQNAgent:
         if agent.compile:  # a new step for CUDA graphs: the last step's outputs may be overwritten from here on
             torch.compiler.cudagraph_mark_step_begin()
         loss, priorities = self.compute_losses(batch)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.gradients.zero()
         loss.backward()
         if agent.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.online.parameters(), agent.max_grad_norm, foreach=True)
+            self.gradients.clip_norm_(agent.max_grad_norm)
         self.optimizer.step()
         if agent.replay.prioritized:
             self.replay.update_priorities(batch.indices, priorities)

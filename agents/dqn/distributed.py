@@ -123,10 +123,22 @@ class RolloutWorker:
         if weights is not None:
             self.network.load_state_dict({name: torch.from_numpy(value) for name, value in weights.items()})
         agent = self.config.agent
-        rows, ended, recorded = [], [], []
-        for _ in range(steps):
+        # Each step's arrays go into the batch's arrays as it comes (the steps themselves are not kept: a list of
+        # them, stacked at the end, cost ~4% of the collection rate in allocation and copying).
+        columns: list[np.ndarray] | None = None
+        stacks = None  # the stacked observations, for the initial priorities
+        ended, recorded = [], []
+        for t in range(steps):
             step = self.actor.step(self.epsilon)
-            rows.append(step)
+            transition = step.transition(agent.reward_clip)
+            if columns is None:
+                columns = [np.empty((steps, *np.shape(value)), np.asarray(value).dtype) for value in transition]
+                if agent.replay.prioritized:
+                    stacks = np.empty((steps, *step.stacks.shape), step.stacks.dtype)
+            for column, value in zip(columns, transition, strict=True):
+                column[t] = value
+            if stacks is not None:
+                stacks[t] = step.stacks
             if self.recorder is not None:
                 self.recorder.step(step.actions[0], step.rewards[0], step.next_frames[0], step.restarted[0])
             if "episode" in step.info:
@@ -139,27 +151,26 @@ class RolloutWorker:
                         self.best_return = max(self.best_return, ended[-1][0])
                         if best or self.episodes % self.config.train.record_every == 0:
                             recorded.append(self.recorder.arrays())
-        transitions = [np.stack(column) for column in
-                       zip(*(step.transition(agent.reward_clip) for step in rows), strict=True)]
         batch = dict(zip(("frames", "actions", "rewards", "terminated", "truncated", "next_frames", "mask"),
-                         transitions, strict=True))
-        if agent.replay.prioritized:
-            batch["priorities"] = self.td_errors(rows, batch["rewards"])
+                         columns, strict=True))
+        if stacks is not None:
+            batch["priorities"] = self.td_errors(stacks, batch)
         self.batches += 1
         return {**batch, "episodes": ended, "recorded": recorded, "pid": os.getpid(), "batch": self.batches}
 
     @torch.no_grad()
-    def td_errors(self, rows: list, rewards: np.ndarray) -> np.ndarray:
-        """(steps, num_envs) |r + gamma (1 - terminated) max_a Q(s', a) - Q(s, a)| of the worker's network: the
-        transitions' initial priorities."""
+    def td_errors(self, stacks: np.ndarray, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """(steps, num_envs) |r + gamma (1 - terminated) max_a Q(s', a) - Q(s, a)| of the worker's network on the
+        batch's steps (`stacks`: (steps, envs, stack * C, H, W), the observations acted on): the transitions'
+        initial priorities."""
         channels = self.actor.channels
-        stacks = np.stack([step.stacks for step in rows])  # (steps, envs, stack * C, H, W)
-        next_stacks = np.concatenate([stacks[:, :, channels:], np.stack([step.next_frames for step in rows])], 2)
+        next_stacks = np.concatenate([stacks[:, :, channels:], batch["next_frames"]], 2)
         flat = lambda array: torch.as_tensor(array.reshape(-1, *array.shape[2:]))  # noqa: E731
-        actions = flat(np.stack([step.actions for step in rows])).long()
+        actions = flat(batch["actions"]).long()
         q = self.network(flat(stacks)).gather(1, actions[:, None]).squeeze(1)
         next_q = self.network(flat(next_stacks)).max(1).values
-        terminated = flat(np.stack([step.terminated for step in rows])).float()
+        terminated = flat(batch["terminated"]).float()
+        rewards = batch["rewards"]
         target = flat(rewards).float() + self.config.agent.gamma * (1 - terminated) * next_q
         return (target - q).abs().reshape(rewards.shape).numpy()
 

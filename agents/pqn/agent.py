@@ -34,7 +34,7 @@ from agents.core.agent import Mutation
 from agents.core.config import ConfigError, RunConfig, at_least, config_class
 from agents.core.envs import env_fps, make_env, make_vec_env
 from agents.core.episodes import EpisodeStats
-from agents.core.qnets import act_epsilon_greedy, build_network, first_stacks, next_stack
+from agents.core.qnets import FlatGradients, act_epsilon_greedy, build_network, first_stacks, next_stack
 from agents.core.run import EpisodeRecorder, Every, Run, generator_state, rng_state, set_generator_state, set_rng_state
 from nets.q import QNetwork
 
@@ -164,6 +164,7 @@ class PQNAgent:
         self.network = build_network(config, self.frame_shape, self.num_actions).to(device)
         kwargs = {"foreach": True} if agent.optimizer == "radam" else {}
         self.optimizer = OPTIMIZERS[agent.optimizer](self.network.parameters(), lr=agent.lr, **kwargs)
+        self.gradients = FlatGradients(self.network.parameters())
         self.rng = np.random.default_rng(config.seed)  # act()'s exploration
         self.env_steps = 0
         self.updates = 0
@@ -258,10 +259,10 @@ class PQNAgent:
                 q = self.network(stacks[part]).gather(1, actions[part, None]).squeeze(1)
                 weights = valid[part]
                 loss = (weights * (q - targets[part]) ** 2).sum() / weights.sum().clamp(min=1)
-                self.optimizer.zero_grad(set_to_none=True)
+                self.gradients.zero()
                 loss.backward()
                 if agent.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(self.network.parameters(), agent.max_grad_norm, foreach=True)
+                    self.gradients.clip_norm_(agent.max_grad_norm)
                 self.optimizer.step()
                 self.updates += 1
                 losses.append(loss.detach())

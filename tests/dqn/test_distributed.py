@@ -23,7 +23,7 @@ from agents.core.config import load_config
 from agents.core.envs import make_env
 from agents.core.episodes import evaluate
 from agents.dqn.bench_ray import bench_ray
-from agents.dqn.distributed import Collects, Sequence, worker_epsilons
+from agents.dqn.distributed import Collects, RolloutWorker, Sequence, worker_epsilons
 from agents.dqn.replay import FrameReplay
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -316,3 +316,24 @@ def test_a_workers_batches_that_do_not_follow_on_are_gaps_and_a_new_process_is_a
     assert not sequence.gap(0, 300, 4)
     assert sequence.restarts == 1
     assert sequence.restarted_since([300, 200]) == 0 and sequence.restarted_since([301, 201]) == 2
+
+
+def test_a_workers_batch_holds_its_steps_in_order_with_their_td_errors_as_priorities():
+    # RolloutWorker.collect in this process (no Ray): two envs, 300 steps; each step's next frame is the next step's
+    # frame wherever that step is a transition, and the priorities are the worker network's 1-step |TD errors|.
+    config = load_config("dqn_minatar_breakout", ["env.num_envs=2", "agent.replay.prioritized=true"])
+    worker = RolloutWorker(config, 0, epsilon=0.5)
+    batch = worker.collect(None, 300)
+    assert batch["frames"].shape == batch["next_frames"].shape == (300, 2, 4, 10, 10)
+    assert batch["actions"].shape == batch["rewards"].shape == batch["priorities"].shape == (300, 2)
+    follows = batch["mask"][1:]
+    np.testing.assert_array_equal(batch["next_frames"][:-1][follows], batch["frames"][1:][follows])
+    assert (~batch["mask"]).any() and batch["episodes"]  # episodes ended and restarted within the batch
+    with torch.no_grad():
+        flat = lambda array: torch.as_tensor(array.reshape(600, *array.shape[2:]))  # noqa: E731
+        q = worker.network(flat(batch["frames"])).gather(1, flat(batch["actions"]).long()[:, None]).squeeze(1)
+        next_q = worker.network(flat(batch["next_frames"])).amax(1)
+    ended = flat(batch["terminated"]).float()
+    target = flat(batch["rewards"]).float() + config.agent.gamma * (1 - ended) * next_q
+    np.testing.assert_allclose(batch["priorities"].reshape(600), (target - q).abs().numpy(), rtol=1e-5, atol=1e-6)
+    assert worker.collect(None, 10)["batch"] == 2

@@ -292,3 +292,45 @@ def test_the_compiled_update_learns_as_the_eager_one(overrides):
     np.testing.assert_allclose(compiled.losses_seen, eager.losses_seen, rtol=1e-4, atol=1e-6)
     for a, b in zip(eager.online.parameters(), compiled.online.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("max_grad_norm", [10.0, 0.01], ids=["clip-idle", "clip-bites"])
+def test_the_update_through_flat_gradients_is_the_textbook_update(max_grad_norm):
+    # FlatGradients (one buffer for every gradient: one zeroing, a four-operation clip) against zero_grad, backward,
+    # clip_grad_norm_ and Adam's step, from the same start on the same batches: the same losses and weights.
+    config = load_config("dqn_minatar_breakout", ["agent.replay.capacity=2000", f"agent.max_grad_norm={max_grad_norm}"])
+    agents = []
+    for _ in range(2):
+        agent = DQNAgent(config, torch.device("cpu"))
+        agent.replay = agent.make_replay(1)
+        env = make_env(config)
+        obs, _ = env.reset(seed=0)
+        rng = np.random.default_rng(0)
+        for _ in range(300):
+            action = int(rng.integers(3))
+            following, reward, terminated, truncated, _ = env.step(action)
+            agent.replay.add(obs[None], [action], [reward], [terminated], [truncated], following[None])
+            obs = env.reset()[0] if terminated or truncated else following
+        agents.append(agent)
+    flat, textbook = agents
+    torch.manual_seed(1)  # the replay samples with torch's global generator
+    flat_losses = [float(flat.update()) for _ in range(8)]
+    textbook_losses, norms = [], []
+    torch.manual_seed(1)
+    for _ in range(8):
+        loss, _ = textbook.losses(textbook.replay.sample(config.agent.batch_size, beta=1.0))
+        textbook.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(textbook.online.parameters(), max_grad_norm)))
+        textbook.optimizer.step()
+        textbook_losses.append(float(loss))
+    np.testing.assert_allclose(flat_losses, textbook_losses, rtol=1e-5)
+    if max_grad_norm < 1:
+        assert min(norms) > max_grad_norm  # the clip did scale every step
+    for a, b in zip(flat.online.parameters(), textbook.online.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # zero_grad() (None gradients) in between does not break it: the views are attached again
+    flat.optimizer.zero_grad(set_to_none=True)
+    flat.update()
+    assert all(p.grad.untyped_storage().data_ptr() == flat.gradients.buffer.untyped_storage().data_ptr()
+               for p in flat.online.parameters())
