@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_score.add_argument("--baseline", default=None, help="the baseline's recipe (default: the task's)")
     bench_score.add_argument("--runs-dir", default=None, help="keep the runs' directories here")
     bench_score.add_argument("--address", default=None, help="run on this Ray cluster (auto, HOST:PORT)")
+    bench_score.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                             help="both sides train on this device (cuda: the runs at once share one GPU)")
     bench_score.add_argument("overrides", nargs="*", help="key.sub=value overrides of our recipe only")
     for sub in (bench_envs, bench_ddm, bench_dqn, bench_ray, bench_score):
         sub.add_argument("--json", action="store_true", help="print one JSON object")

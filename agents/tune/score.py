@@ -95,9 +95,14 @@ def score_run(job: dict) -> dict:
 def bench_score(task: str = "breakout", seeds: int = 3, jobs: int = 2, eval_seconds: float = 15.0,
                 episodes: int = 10, confirm: int = 2, max_seconds: float = 1800.0, ours: str | None = None,
                 baseline: str | None = None, runs_dir: str | None = None, address: str | None = None,
-                overrides: Sequence[str] = ()) -> dict:
+                device: str = "cpu", overrides: Sequence[str] = ()) -> dict:
     """Time to score of `ours` and `baseline` (a task's recipes unless named), `seeds` seeds each, `jobs` runs at
-    once (one torch thread each). `overrides` (key=value) apply to our recipe only."""
+    once (one torch thread each), both sides on `device` (cpu, or cuda: the `jobs` runs at once share one GPU, each
+    a Ray task asking for 1/jobs of it). `overrides` (key=value) apply to our recipe only."""
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: expected cpu or cuda, got {device!r}")
+    if device == "cuda" and address is None and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: this machine has no CUDA device (torch.cuda.is_available() is False)")
     if task not in TASKS:
         raise ConfigError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
     if min(seeds, jobs, episodes, confirm) < 1 or eval_seconds <= 0 or max_seconds <= 0:
@@ -110,7 +115,7 @@ def bench_score(task: str = "breakout", seeds: int = 3, jobs: int = 2, eval_seco
         for seed in range(seeds):  # ours and the baseline of a seed next to each other: both see the same load
             for side, (recipe, extra) in recipes.items():
                 config = load_config(recipe, [f"seed={seed}", f"train.runs_dir={runs_dir or temporary}",
-                                              "train.threads=1", "train.save_replay=false", "train.device=cpu",
+                                              "train.threads=1", "train.save_replay=false", f"train.device={device}",
                                               *extra])
                 if config.agent.kind == "sb3":
                     config.agent.eval_every = 10**12
@@ -118,7 +123,7 @@ def bench_score(task: str = "breakout", seeds: int = 3, jobs: int = 2, eval_seco
                                   "episodes": episodes, "confirm": confirm, "eval_seconds": eval_seconds,
                                   "max_seconds": max_seconds, "config": config_to_dict(config)})
         with ray_session(address, num_cpus=jobs), sigterm_as_ctrl_c():
-            results = map_tasks(score_run, jobs_list, jobs)
+            results = map_tasks(score_run, jobs_list, jobs, gpus=1 / jobs if device == "cuda" else 0)
     sides = {}
     for side, (recipe, _) in recipes.items():
         runs = [result for job, result in zip(jobs_list, results, strict=True) if job["side"] == side]
@@ -131,7 +136,9 @@ def bench_score(task: str = "breakout", seeds: int = 3, jobs: int = 2, eval_seco
             "episodes": episodes, "eval_seconds": eval_seconds, "seeds": seeds, "jobs": jobs,
             "evaluation_time": "excluded (a run's clock is the sum of its training rounds)",
             "ours": sides["ours"], "baseline": sides["baseline"],
-            "hardware": {**hardware(), "torch_threads": 1},
+            "hardware": {**hardware(), "torch_threads": 1, "device": device,
+                         **({"gpu": torch.cuda.get_device_name(0)} if device == "cuda" and torch.cuda.is_available()
+                            else {})},
             **({"ratio_bound": bound} if bound else {}), "ratio": ratio}
 
 

@@ -65,15 +65,16 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def map_tasks(function: Callable[[Any], Any], items: Sequence[Any], jobs: int) -> list:
-    """`function(item)` for every item as a Ray task of one CPU, at most `jobs` running at once; the results
-    in the order of `items`. Needs a Ray (ray_session).
+def map_tasks(function: Callable[[Any], Any], items: Sequence[Any], jobs: int, gpus: float = 0) -> list:
+    """`function(item)` for every item as a Ray task of one CPU (and `gpus` of a GPU: Ray gives GPUs only to tasks
+    that ask for them, and sets CUDA_VISIBLE_DEVICES to those), at most `jobs` running at once; the results in the
+    order of `items`. Needs a Ray (ray_session).
 
     If anything stops the loop (Ctrl-C, SIGTERM under sigterm_as_ctrl_c, a task's error), the tasks not yet
     finished are cancelled with force, which kills their worker processes, before the exception goes on."""
     import ray
 
-    remote = ray.remote(num_cpus=1)(function)
+    remote = ray.remote(num_cpus=1, num_gpus=gpus)(function)
     results: dict[int, Any] = {}
     running: dict[ray.ObjectRef, int] = {}
     queue = list(enumerate(items))

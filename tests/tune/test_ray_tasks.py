@@ -59,3 +59,30 @@ def test_sigterm_to_bench_ddm_with_jobs_leaves_no_ray_process_behind(tmp_path):
         if bench.poll() is None:
             bench.kill()
             bench.communicate()
+
+
+GPU_TASKS = """
+import os
+from agents.tune.cluster import start_ray, stop_ray
+from agents.tune.tasks import map_tasks
+
+def visible(_):
+    import ray
+    return [int(gpu) for gpu in ray.get_gpu_ids()], os.environ.get("CUDA_VISIBLE_DEVICES")
+
+start_ray(num_cpus=2, num_gpus=1)  # a GPU declared to Ray (none is needed to test the request)
+print(map_tasks(visible, [0, 1], jobs=2, gpus=0.5))
+print(map_tasks(visible, [0], jobs=1))
+stop_ray()
+"""
+
+
+def test_tasks_that_ask_for_a_share_of_a_gpu_see_it_and_the_others_do_not():
+    # bench score --device cuda: each run asks for 1/jobs of the GPU and is given it (CUDA_VISIBLE_DEVICES); a task
+    # that asks for none is given none.
+    result = subprocess.run([sys.executable, "-c", GPU_TASKS], capture_output=True, text=True, timeout=120,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    shared, none = result.stdout.strip().splitlines()[-2:]
+    assert shared == "[([0], '0'), ([0], '0')]"
+    assert none.startswith("[([], ")

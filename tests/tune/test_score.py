@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import torch
 
+from agents.cli import main
 from agents.tune import score
 
 PQN_DOT = """\
@@ -76,3 +78,10 @@ def test_a_side_that_never_reached_the_score_makes_the_ratio_a_bound():
     assert score.score_ratio(runs(50.0, 60.0, 40.0), runs(None, None, 300.0)) == (pytest.approx(900 / 50), "lower")
     assert score.score_ratio(runs(None, None, 40.0), runs(100.0, 200.0, 300.0)) == (pytest.approx(200 / 900), "upper")
     assert score.score_ratio(runs(None, None), runs(None, 5.0)) == (None, None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_device_cuda_without_a_gpu_is_one_line_and_exit_2(capsys):
+    assert main(["bench", "score", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda" in err[0] and "no CUDA device" in err[0]
