@@ -97,7 +97,8 @@ def bench_score(task: str = "breakout", seeds: int = 3, jobs: int = 2, eval_seco
                 baseline: str | None = None, runs_dir: str | None = None, address: str | None = None,
                 device: str = "cpu", overrides: Sequence[str] = ()) -> dict:
     """Time to score of `ours` and `baseline` (a task's recipes unless named), `seeds` seeds each, `jobs` runs at
-    once (one torch thread each), both sides on `device` (cpu, or cuda: the `jobs` runs at once share one GPU, each
+    once (one torch thread each; as Ray tasks, or with `jobs` 1 and no `address` one after another in this
+    process), both sides on `device` (cpu, or cuda: the `jobs` runs at once share one GPU, each
     a Ray task asking for 1/jobs of it). `overrides` (key=value) apply to our recipe only."""
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"--device: expected cpu or cuda, got {device!r}")
@@ -122,8 +123,11 @@ def bench_score(task: str = "breakout", seeds: int = 3, jobs: int = 2, eval_seco
                 jobs_list.append({"side": side, "recipe": recipe, "measure": spec.measure, "target": spec.target,
                                   "episodes": episodes, "confirm": confirm, "eval_seconds": eval_seconds,
                                   "max_seconds": max_seconds, "config": config_to_dict(config)})
-        with ray_session(address, num_cpus=jobs), sigterm_as_ctrl_c():
-            results = map_tasks(score_run, jobs_list, jobs, gpus=1 / jobs if device == "cuda" else 0)
+        if jobs == 1 and address is None:  # one at a time in this process: no Ray (the GPU machine has none)
+            results = [score_run(job) for job in jobs_list]
+        else:
+            with ray_session(address, num_cpus=jobs), sigterm_as_ctrl_c():
+                results = map_tasks(score_run, jobs_list, jobs, gpus=1 / jobs if device == "cuda" else 0)
     sides = {}
     for side, (recipe, _) in recipes.items():
         runs = [result for job, result in zip(jobs_list, results, strict=True) if job["side"] == side]

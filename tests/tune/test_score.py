@@ -85,3 +85,19 @@ def test_device_cuda_without_a_gpu_is_one_line_and_exit_2(capsys):
     assert main(["bench", "score", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--device cuda" in err[0] and "no CUDA device" in err[0]
+
+
+def test_one_job_runs_in_this_process_without_ray(tmp_path, monkeypatch, workers_import_tests):
+    # --jobs 1 (the GPU machine has no Ray): the runs one after another here, scored as with Ray.
+    (tmp_path / "pqn_dot.yaml").write_text(PQN_DOT)
+    (tmp_path / "sb3_dot.yaml").write_text(SB3_DOT)
+    monkeypatch.setitem(score.TASKS, "dot", score.ScoreTask(str(tmp_path / "pqn_dot.yaml"),
+                                                            str(tmp_path / "sb3_dot.yaml"), "return", 0.9))
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("--jobs 1 started Ray tasks")
+
+    monkeypatch.setattr(score, "map_tasks", no_ray)
+    result = score.bench_score("dot", seeds=1, jobs=1, eval_seconds=1.0, runs_dir=str(tmp_path / "runs"))
+    assert result["ours"]["reached"] == result["baseline"]["reached"] == 1
+    assert result["hardware"]["device"] == "cpu"
