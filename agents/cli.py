@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ray.add_argument("overrides", nargs="*", help="key.sub=value overrides of configs/dqn_minatar_breakout.yaml")
     bench_score = bench.add_parser("score", help="wall-clock and frames to a greedy score: ours vs SB3's DQN")
     bench_score.add_argument("--task", choices=sorted(SCORE_TASKS), default="breakout",
-                             help="breakout: MinAtar Breakout to a greedy return of 10; pendulum: to a held swing-up")
+                             help="breakout: MinAtar Breakout to a greedy return of 10; pendulum: to a held swing-up; "
+                                  "cartpole: pixel cart-pole to a held balance")
     bench_score.add_argument("--seeds", type=int, default=3, help="seeds of each recipe (default 3)")
     bench_score.add_argument("--jobs", type=int, default=2, help="runs at once, one torch thread each (default 2)")
     bench_score.add_argument("--eval-seconds", type=float, default=15.0,
@@ -147,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_score.add_argument("--baseline", default=None, help="the baseline's recipe (default: the task's)")
     bench_score.add_argument("--runs-dir", default=None, help="keep the runs' directories here")
     bench_score.add_argument("--address", default=None, help="run on this Ray cluster (auto, HOST:PORT)")
+    bench_score.add_argument("--seed-start", type=int, default=0, help="the first seed (default 0)")
+    bench_score.add_argument("--skip-baseline", action="store_true", help="run our recipe alone (no ratio)")
     bench_score.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                              help="both sides train on this device (cuda: the runs at once share one GPU)")
     bench_score.add_argument("overrides", nargs="*", help="key.sub=value overrides of our recipe only")

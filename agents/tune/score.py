@@ -53,8 +53,11 @@ TASKS = {
     # MinAtar Breakout to a greedy return of 10 (mean of 10 episodes)
     "breakout": ScoreTask("pqn_minatar_breakout", "sb3_dqn_minatar_breakout", "return", 10.0),
     # the pixel pendulum, five torques: the first greedy evaluation with a held swing-up (success rate > 0);
-    # ours is DQN on four batched envs, an update per four frames (pqn_pendulum does not learn it yet, docs/pqn.md)
+    # ours is DQN on four batched envs, an update per four frames (pqn_pendulum: about as fast, docs/pqn.md)
     "pendulum": ScoreTask("dqn_pendulum_fast", "sb3_dqn_pendulum", "success", 0.1),
+    # pixel cart-pole balance, three pushes: the first greedy evaluation with a held balance (200 steps, the pole
+    # upright at the end); the baseline is SB3's PPO on the same env (continuous pushes), as in bench ddm
+    "cartpole": ScoreTask("pqn_cartpole_balance", "sb3_ppo_cartpole_balance", "success", 0.1),
 }
 
 
@@ -95,25 +98,31 @@ def score_run(job: dict) -> dict:
 def bench_score(task: str = "breakout", seeds: int = 3, jobs: int = 2, eval_seconds: float = 15.0,
                 episodes: int = 10, confirm: int = 2, max_seconds: float = 1800.0, ours: str | None = None,
                 baseline: str | None = None, runs_dir: str | None = None, address: str | None = None,
-                device: str = "cpu", overrides: Sequence[str] = ()) -> dict:
+                device: str = "cpu", seed_start: int = 0, skip_baseline: bool = False,
+                overrides: Sequence[str] = ()) -> dict:
     """Time to score of `ours` and `baseline` (a task's recipes unless named), `seeds` seeds each, `jobs` runs at
     once (one torch thread each; as Ray tasks, or with `jobs` 1 and no `address` one after another in this
     process), both sides on `device` (cpu, or cuda: the `jobs` runs at once share one GPU, each
-    a Ray task asking for 1/jobs of it). `overrides` (key=value) apply to our recipe only."""
+    a Ray task asking for 1/jobs of it), on seeds `seed_start`, `seed_start` + 1, ...; `skip_baseline` runs ours
+    alone (no ratio). `overrides` (key=value) apply to our recipe only."""
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"--device: expected cpu or cuda, got {device!r}")
     if device == "cuda" and address is None and not torch.cuda.is_available():
         raise ConfigError("--device cuda: this machine has no CUDA device (torch.cuda.is_available() is False)")
     if task not in TASKS:
         raise ConfigError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
+    if seed_start < 0:
+        raise ConfigError(f"--seed-start: must be >= 0, got {seed_start}")
     if min(seeds, jobs, episodes, confirm) < 1 or eval_seconds <= 0 or max_seconds <= 0:
         raise ConfigError(f"--seeds, --jobs, --episodes, --confirm must be >= 1 and --eval-seconds, --max-seconds "
                           f"> 0, got {seeds}, {jobs}, {episodes}, {confirm}, {eval_seconds}, {max_seconds}")
     spec = TASKS[task]
-    recipes = {"ours": (ours or spec.ours, list(overrides)), "baseline": (baseline or spec.baseline, [])}
+    recipes = {"ours": (ours or spec.ours, list(overrides))}
+    if not skip_baseline:
+        recipes["baseline"] = (baseline or spec.baseline, [])
     with tempfile.TemporaryDirectory() as temporary:
         jobs_list = []
-        for seed in range(seeds):  # ours and the baseline of a seed next to each other: both see the same load
+        for seed in range(seed_start, seed_start + seeds):  # ours and the baseline of a seed next to each other
             for side, (recipe, extra) in recipes.items():
                 config = load_config(recipe, [f"seed={seed}", f"train.runs_dir={runs_dir or temporary}",
                                               "train.threads=1", "train.save_replay=false", f"train.device={device}",
@@ -135,11 +144,11 @@ def bench_score(task: str = "breakout", seeds: int = 3, jobs: int = 2, eval_seco
                        "median_wall_s": median_or_none([run["wall_s"] for run in runs]),
                        "median_env_steps": median_or_none([run["env_steps"] for run in runs]),
                        "runs": runs}
-    ratio, bound = score_ratio(sides["ours"]["runs"], sides["baseline"]["runs"])
+    ratio, bound = score_ratio(sides["ours"]["runs"], sides["baseline"]["runs"]) if not skip_baseline else (None, None)
     return {"task": task, "measure": spec.measure, "target": spec.target, "confirm": confirm,
-            "episodes": episodes, "eval_seconds": eval_seconds, "seeds": seeds, "jobs": jobs,
+            "episodes": episodes, "eval_seconds": eval_seconds, "seeds": seeds, "seed_start": seed_start, "jobs": jobs,
             "evaluation_time": "excluded (a run's clock is the sum of its training rounds)",
-            "ours": sides["ours"], "baseline": sides["baseline"],
+            **sides,
             "hardware": {**hardware(), "torch_threads": 1, "device": device,
                          **({"gpu": torch.cuda.get_device_name(0)} if device == "cuda" and torch.cuda.is_available()
                             else {})},

@@ -101,3 +101,12 @@ def test_one_job_runs_in_this_process_without_ray(tmp_path, monkeypatch, workers
     result = score.bench_score("dot", seeds=1, jobs=1, eval_seconds=1.0, runs_dir=str(tmp_path / "runs"))
     assert result["ours"]["reached"] == result["baseline"]["reached"] == 1
     assert result["hardware"]["device"] == "cpu"
+
+
+def test_skip_baseline_runs_ours_alone_from_the_first_seed_asked(tmp_path, monkeypatch, workers_import_tests):
+    (tmp_path / "pqn_dot.yaml").write_text(PQN_DOT)
+    monkeypatch.setitem(score.TASKS, "dot", score.ScoreTask(str(tmp_path / "pqn_dot.yaml"), "no_such_recipe",
+                                                            "return", 0.9))
+    result = score.bench_score("dot", seeds=1, jobs=1, eval_seconds=1.0, seed_start=7, skip_baseline=True)
+    assert "baseline" not in result and result["ratio"] is None
+    assert [run["seed"] for run in result["ours"]["runs"]] == [7] and result["ours"]["reached"] == 1
