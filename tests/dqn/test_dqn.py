@@ -266,6 +266,21 @@ def test_a_resume_without_the_replay_refills_it_before_learning_again(tmp_path):
     assert summary["env_steps"] == 800 and summary["updates"] == 300 + 100  # 200 steps to refill, then 100
 
 
+def agent_with_random_steps(config, steps: int = 300) -> DQNAgent:
+    """A CPU DQNAgent of `config` whose replay holds `steps` random MinAtar steps, the same ones every call."""
+    agent = DQNAgent(config, torch.device("cpu"))
+    agent.replay = agent.make_replay(1)
+    env = make_env(config)
+    obs, _ = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        action = int(rng.integers(3))
+        following, reward, terminated, truncated, _ = env.step(action)
+        agent.replay.add(obs[None], [action], [reward], [terminated], [truncated], following[None])
+        obs = env.reset()[0] if terminated or truncated else following
+    return agent
+
+
 @pytest.mark.parametrize("overrides", [[], ["agent.replay.n_step=3", "agent.double=true", "agent.network.atoms=11",
                                               "agent.replay.prioritized=true"]], ids=["dqn", "rainbow-ish"])
 def test_the_compiled_update_learns_as_the_eager_one(overrides):
@@ -275,16 +290,7 @@ def test_the_compiled_update_learns_as_the_eager_one(overrides):
     agents = []
     for compiled in (False, True):
         config.agent.compile = compiled
-        agent = DQNAgent(config, torch.device("cpu"))
-        agent.replay = agent.make_replay(1)
-        env = make_env(config)
-        obs, _ = env.reset(seed=0)
-        rng = np.random.default_rng(0)
-        for _ in range(300):
-            action = int(rng.integers(3))
-            following, reward, terminated, truncated, _ = env.step(action)
-            agent.replay.add(obs[None], [action], [reward], [terminated], [truncated], following[None])
-            obs = env.reset()[0] if terminated or truncated else following
+        agent = agent_with_random_steps(config)
         torch.manual_seed(1)
         agent.losses_seen = [float(agent.update()) for _ in range(8)]
         agents.append(agent)
@@ -299,20 +305,7 @@ def test_the_update_through_flat_gradients_is_the_textbook_update(max_grad_norm)
     # FlatGradients (one buffer for every gradient: one zeroing, a four-operation clip) against zero_grad, backward,
     # clip_grad_norm_ and Adam's step, from the same start on the same batches: the same losses and weights.
     config = load_config("dqn_minatar_breakout", ["agent.replay.capacity=2000", f"agent.max_grad_norm={max_grad_norm}"])
-    agents = []
-    for _ in range(2):
-        agent = DQNAgent(config, torch.device("cpu"))
-        agent.replay = agent.make_replay(1)
-        env = make_env(config)
-        obs, _ = env.reset(seed=0)
-        rng = np.random.default_rng(0)
-        for _ in range(300):
-            action = int(rng.integers(3))
-            following, reward, terminated, truncated, _ = env.step(action)
-            agent.replay.add(obs[None], [action], [reward], [terminated], [truncated], following[None])
-            obs = env.reset()[0] if terminated or truncated else following
-        agents.append(agent)
-    flat, textbook = agents
+    flat, textbook = agent_with_random_steps(config), agent_with_random_steps(config)
     torch.manual_seed(1)  # the replay samples with torch's global generator
     flat_losses = [float(flat.update()) for _ in range(8)]
     textbook_losses, norms = [], []
