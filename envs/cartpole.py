@@ -97,6 +97,7 @@ class CartPoleTask(Task):
         start_noise: float = 0.05,
         reward: str = "task",
         position_cost: float = CART_POSITION_COST,
+        action_repeat: int = 1,
     ):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -116,6 +117,11 @@ class CartPoleTask(Task):
         self.substeps = substeps if substeps is not None else (1 if task == "balance" else 4)
         if self.substeps < 1:
             raise ValueError(f"substeps must be >= 1, got {self.substeps}")
+        # PlaNet's and Dreamer's action repeat: one action held for several 0.02 s steps, one frame seen. A model
+        # step then spans more time, so a plan of a given length looks further ahead through fewer model steps.
+        if action_repeat < 1:
+            raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
+        self.action_repeat = action_repeat
         self.start_noise = start_noise
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32) if continuous else spaces.Discrete(2)
 
@@ -141,10 +147,20 @@ class CartPoleTask(Task):
         return (action * 2 - 1) * FORCE_MAG
 
     def step(self, state: Array, action: Array) -> tuple[Array, Array, Array]:
-        """CartPole-v1's equations of motion and explicit Euler integration, in ``substeps``."""
+        """CartPole-v1's equations of motion and explicit Euler integration, in ``substeps``, for
+        ``action_repeat`` steps of 0.02 s: the rewards summed up to the step that ends the episode."""
         xp = namespace(state)
         force = self.force(action)
         force = force.astype(np.float64) if xp is np else force.to(state.dtype)
+        state, reward, terminated = self._step_once(state, force)
+        for _ in range(self.action_repeat - 1):
+            state, step_reward, step_terminated = self._step_once(state, force)
+            reward = reward + xp.where(terminated, 0.0, step_reward)
+            terminated = terminated | step_terminated
+        return state, reward, terminated
+
+    def _step_once(self, state: Array, force: Array) -> tuple[Array, Array, Array]:
+        xp = namespace(state)
         x, x_velocity, angle, angular_velocity = (state[:, i] for i in range(4))
         dt = TIME_STEP / self.substeps
         for _ in range(self.substeps):
@@ -243,7 +259,10 @@ _DOC_SECTIONS = """
     - ``task`` ("balance" or "swingup"), ``continuous`` (True), ``image_size`` (64),
       ``substeps`` (1 for balance, 4 for swing-up), ``start_noise`` (0.05), ``reward`` ("task", "tip"
       or "upright"), ``position_cost`` (0.1: the swing-up task reward's cost of the cart's distance from the
-      centre; a larger one tells a learned reward of the track's end on every frame, not only the last).
+      centre; a larger one tells a learned reward of the track's end on every frame, not only the last),
+      ``action_repeat`` (1: each action is held for this many 0.02 s steps and one frame is seen after
+      them, the rewards summed up to the step that ends the episode; ``max_episode_steps`` and the
+      success rule's 20 frames count the steps seen).
     - ``render_mode`` (None or "rgb_array"): ``render()`` draws the state at ``render_size``
       (256) pixels as RGB.
 
@@ -267,9 +286,11 @@ class PixelCartPoleEnv(BatchedPixelEnv):
         render_size: int = 256,
         reward: str = "task",
         position_cost: float = CART_POSITION_COST,
+        action_repeat: int = 1,
     ):
-        super().__init__(CartPoleTask(task, continuous, image_size, substeps, start_noise, reward, position_cost),
-                         render_mode, render_size)
+        super().__init__(CartPoleTask(task, continuous, image_size, substeps, start_noise, reward, position_cost,
+                                      action_repeat), render_mode, render_size)
+        self.metadata = {**self.metadata, "render_fps": self.metadata["render_fps"] / action_repeat}
 
 
 class PixelCartPoleVectorEnv(BatchedPixelVectorEnv):
@@ -298,9 +319,10 @@ class PixelCartPoleVectorEnv(BatchedPixelVectorEnv):
         render_size: int = 256,
         reward: str = "task",
         position_cost: float = CART_POSITION_COST,
+        action_repeat: int = 1,
     ):
         super().__init__(
-            CartPoleTask(task, continuous, image_size, substeps, start_noise, reward, position_cost),
+            CartPoleTask(task, continuous, image_size, substeps, start_noise, reward, position_cost, action_repeat),
             num_envs,
             max_episode_steps,
             render_mode,
@@ -308,3 +330,4 @@ class PixelCartPoleVectorEnv(BatchedPixelVectorEnv):
             device,
             render_size,
         )
+        self.metadata = {**self.metadata, "render_fps": self.metadata["render_fps"] / action_repeat}

@@ -496,3 +496,43 @@ def test_torch_backend_draws_start_states_ahead_yet_the_same_ones_across_resets(
     # a block of 128 steps' start states per draw, not one draw (and one copy to the device) per step
     steps_drawn = [count // 4 for count in draws if count > 4]
     assert len(draws) < 12 and 128 in steps_drawn
+
+
+@pytest.mark.parametrize("task", ["balance", "swingup"])
+def test_cartpole_action_repeat_holds_the_action_and_sums_the_rewards_until_the_end(task, one_torch_thread):
+    import torch
+
+    repeat, kind = 4, {"balance": "upright", "swingup": "task"}[task]  # rewards that are not ~0 at the start
+    actions = np.random.default_rng(1).uniform(-1, 1, (12, 2, 1)).astype(np.float32)
+    single = PixelCartPoleVectorEnv(num_envs=2, task=task, reward=kind)
+    repeated = PixelCartPoleVectorEnv(num_envs=2, task=task, reward=kind, action_repeat=repeat)
+    on_torch = PixelCartPoleVectorEnv(num_envs=2, task=task, reward=kind, action_repeat=repeat, backend="torch",
+                                      device="cpu")
+    # the second env leans (balance) or moves fast (swing-up) so that it ends inside a repeat
+    options = {"angle": np.array([0.0, 0.17]), "x": np.array([0.0, 2.3]), "x_velocity": np.array([0.0, 0.6])}
+    if task == "swingup":
+        options["angle"] = options["angle"] + np.pi
+    for env in (single, repeated, on_torch):
+        env.reset(seed=0, options=options)
+    ended = np.zeros(2, bool)
+    for action in actions:
+        expected_reward, counted = np.zeros(2), np.zeros(2, int)
+        for _ in range(repeat):
+            _, reward, terminated, _, _ = single.step(action)
+            expected_reward += np.where(ended, 0.0, reward)
+            counted += ~ended
+            ended |= terminated
+        observation, reward, terminated, _, _ = repeated.step(action)
+        torch_observation, torch_reward, *_ = on_torch.step(torch.from_numpy(action))
+        live = ~terminated
+        np.testing.assert_allclose(repeated.state[live], single.state[live], rtol=1e-12)
+        np.testing.assert_allclose(reward, expected_reward, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(torch_reward), reward, rtol=1e-5, atol=1e-30)
+        assert terminated.tolist() == ended.tolist()
+        if terminated.any():
+            break
+    assert terminated.tolist() == [False, True], "the second env ended inside a repeat, the first held on"
+    assert counted.tolist()[0] == repeat and counted[1] < repeat, "the ended env's rewards stop at its end"
+    assert PixelCartPoleEnv(action_repeat=repeat).metadata["render_fps"] == 50 / repeat
+    with pytest.raises(ValueError, match="action_repeat"):
+        PixelCartPoleEnv(action_repeat=0)
