@@ -287,6 +287,56 @@ def test_gradient_planner_finds_the_best_action_sequence_of_a_known_system():
     assert plan.abs().max() <= 1.0
 
 
+class CartPolePhysics(LinearModel):
+    """The cart-pole's true physics as the planners' model: a latent is the state (x, its velocity, the angle, its
+    velocity) with the step's reward and whether the episode still runs, so a plan's return is the env's."""
+
+    context, latent_dim = 1, 6
+
+    def __init__(self, task):
+        super().__init__()
+        self.task = task
+
+    def imagine(self, history: torch.Tensor, actions: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        state, running, latents = history[..., -1, :4], torch.ones_like(history[..., -1, 0]), []
+        for index in range(actions.shape[-2]):
+            state, reward, terminated = self.task.step(state, actions[..., index, :])
+            running = running * ~terminated
+            latents.append(torch.cat([state, reward[..., None].to(state), running[..., None]], -1))
+        return torch.stack(latents, -2)
+
+    def imagined_return(self, latents: torch.Tensor) -> torch.Tensor:
+        return (latents[..., 4] * latents[..., 5]).sum(-1)
+
+
+def swing_up_by_cem_on_the_true_physics(action_repeat: int, horizon: int) -> tuple[int, bool]:
+    """One 4 s swing-up episode planned by the recipe's CEM through the true physics: (steps, success)."""
+    from envs.cartpole import PixelCartPoleEnv
+
+    torch.manual_seed(0)
+    env = PixelCartPoleEnv(task="swingup", image_size=16, action_repeat=action_repeat, position_cost=1.0)
+    env.reset(seed=0)
+    model, planner = CartPolePhysics(env.task), CEM(horizon=horizon, candidates=500, elites=50, iterations=4)
+    plan, steps = torch.zeros(horizon, 1), round(4.0 / (0.02 * action_repeat))
+    for step in range(1, steps + 1):
+        history = torch.cat([torch.from_numpy(env.state[0]), torch.zeros(2, dtype=torch.float64)])[None]
+        plan = planner.plan(model, history, plan, torch.ones(1))
+        _, _, terminated, _, info = env.step(plan[0].numpy().astype(np.float32))
+        plan = torch.cat([plan[1:], torch.zeros_like(plan[:1])])
+        if terminated:
+            return step, False
+    return step, bool(info["is_success"])
+
+
+def test_the_cartpole_swing_up_needs_a_second_of_look_ahead_even_through_the_true_physics():
+    # The DDM recipe's setting (configs/ddm_cartpole.yaml): each action held 4 steps, plans of 15 (1.2 s) swing it up
+    # and hold it; the earlier recipe's plans of 20 single steps (0.4 s, a quarter of a swing) drive the cart off
+    # the track, so no learned model could have done better with them.
+    assert swing_up_by_cem_on_the_true_physics(action_repeat=4, horizon=15) == (50, True)
+    steps, success = swing_up_by_cem_on_the_true_physics(action_repeat=1, horizon=20)
+    assert not success and steps < 200, "the cart left the track"
+
+
 def test_policy_search_improves_imagined_return():
     torch.manual_seed(0)
     model = LinearModel()
