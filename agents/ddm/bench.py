@@ -4,7 +4,7 @@
     bench_ddm(controller="policy")  the same with the learned feedback policy
     compare_model_quality()         joint DDM vs auto-encoder-then-dynamics on the same frames
 
-The SB3 PPO baseline of each env (SB3_BASELINES: the pendulum's, cart-pole balance's) is run once
+The SB3 PPO baseline of each env (SB3_BASELINES: the pendulum's, cart-pole balance's and swing-up's) is run once
 (`rerun_sb3=True` runs its config again: configs/sb3_ppo_pendulum.yaml takes about 16 minutes on a 2-core CPU)
 and its figures are stored with the command that made them; `ratio` is SB3's frames to its first
 success over the DDM agent's mean frames to success. `ratio_bound` says how to read it: "exact"; "lower"
@@ -51,6 +51,7 @@ PENDULUM = "pixelpilot/Pendulum-v0"
 SB3_BASELINES = {
     PENDULUM: ("sb3_pendulum.json", "configs/sb3_ppo_pendulum.yaml"),
     "pixelpilot/CartPoleBalance-v0": ("sb3_cartpole_balance.json", "configs/sb3_ppo_cartpole_balance.yaml"),
+    "pixelpilot/CartPoleSwingUp-v0": ("sb3_cartpole_swingup.json", "configs/sb3_ppo_cartpole_swingup.yaml"),
 }
 SB3_RESULT = BASELINES / SB3_BASELINES[PENDULUM][0]
 SAC_RESULT = BASELINES / "sb3_sac_pendulum.json"  # SB3 SAC (configs/sb3_sac_pendulum.yaml)

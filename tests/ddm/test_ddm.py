@@ -837,6 +837,7 @@ def test_bench_compares_a_cartpole_recipe_with_the_cartpole_baseline_not_the_pen
               "frames_to_first_success": 30_000, "run_summary": {}}
     (tmp_path / "sb3_cartpole_balance.json").write_text(json.dumps(stored))
     monkeypatch.setattr(bench, "BASELINES", tmp_path)
+    monkeypatch.delitem(bench.SB3_BASELINES, "pixelpilot/CartPoleSwingUp-v0")  # the swing-up plays an env with none
     cartpole = ["env.id=pixelpilot/CartPoleBalance-v0", "env.kwargs={image_size: 40, reward: tip}",
                 "agent.model.latent_grad=false"]
     result = bench_ddm(seeds=1, config="ddm_pendulum_tiny", overrides=cartpole, model_quality=False)
@@ -866,6 +867,19 @@ def test_a_rerun_sb3_baseline_is_stored_with_the_command_that_reruns_it(tmp_path
     assert stored["command"].startswith("pixelpilot bench ddm --config ddm_cartpole_balance --rerun-sb3 ")
     assert stored["env_id"] == "pixelpilot/CartPoleBalance-v0" and stored["frame_budget"] == 4_000
     assert result["frames_to_first_success"] == 2_000
+
+
+@pytest.mark.parametrize("recipe", ["ddm_pendulum", "ddm_cartpole_balance", "ddm_cartpole"])
+def test_each_ddm_recipes_sb3_baseline_plays_the_recipes_env_and_episode_length(recipe):
+    import gymnasium as gym
+
+    ddm = load_config(recipe)
+    stored, sb3_config = bench.SB3_BASELINES[ddm.env.id]
+    sb3 = load_config(sb3_config)
+    sb3_kwargs = dict(sb3.env.kwargs)
+    episode = sb3_kwargs.pop("max_episode_steps", gym.spec(ddm.env.id).max_episode_steps)
+    assert (sb3.env.id, sb3_kwargs, episode) == (ddm.env.id, dict(ddm.env.kwargs), ddm.agent.trial_steps)
+    assert json.loads((bench.BASELINES / stored).read_text()).get("env_kwargs", {}) == dict(sb3.env.kwargs)
 
 
 def test_bench_runs_a_block_of_seeds_and_reports_held_within_10_and_the_median(tmp_path):
