@@ -148,13 +148,16 @@ class CartPoleTask(Task):
 
     def step(self, state: Array, action: Array) -> tuple[Array, Array, Array]:
         """CartPole-v1's equations of motion and explicit Euler integration, in ``substeps``, for
-        ``action_repeat`` steps of 0.02 s: the rewards summed up to the step that ends the episode."""
+        ``action_repeat`` steps of 0.02 s: the rewards summed up to the step that ends the episode, and the
+        state it ended in."""
         xp = namespace(state)
         force = self.force(action)
         force = force.astype(np.float64) if xp is np else force.to(state.dtype)
         state, reward, terminated = self._step_once(state, force)
         for _ in range(self.action_repeat - 1):
-            state, step_reward, step_terminated = self._step_once(state, force)
+            next_state, step_reward, step_terminated = self._step_once(state, force)
+            # an episode that ended keeps the state it ended in (its last frame shows where it ended)
+            state = xp.where(terminated[:, None], state, next_state)
             reward = reward + xp.where(terminated, 0.0, step_reward)
             terminated = terminated | step_terminated
         return state, reward, terminated
