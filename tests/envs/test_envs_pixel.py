@@ -524,8 +524,8 @@ def test_cartpole_action_repeat_holds_the_action_and_sums_the_rewards_until_the_
             if (terminated & ~ended).any():
                 end_state = single.state.copy()  # the single env restarts on its next step: keep where it ended
             ended |= terminated
-        observation, reward, terminated, _, _ = repeated.step(action)
-        torch_observation, torch_reward, *_ = on_torch.step(torch.from_numpy(action))
+        _, reward, terminated, _, _ = repeated.step(action)
+        _, torch_reward, *_ = on_torch.step(torch.from_numpy(action))
         expected_state = np.where(terminated[:, None], end_state, single.state) if terminated.any() else single.state
         np.testing.assert_allclose(repeated.state, expected_state, rtol=1e-12)
         np.testing.assert_allclose(reward, expected_reward, rtol=1e-5)
