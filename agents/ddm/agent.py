@@ -243,7 +243,8 @@ class DDMAgent:
         """
         agent = self.config.agent
         started = time.time()
-        buffer = TrialBuffer.of(self.trials, self.device)
+        trials = self.trials + [trial.mirrored() for trial in self.trials] if agent.fit.mirror else self.trials
+        buffer = TrialBuffer.of(trials, self.device)
         first = len(self.trials) == agent.random_trials
         if first or agent.fit.refit_from_scratch:
             losses = self.fit_from_scratch(buffer, keep_current=first)

@@ -20,6 +20,12 @@ class Trial(NamedTuple):
     rewards: np.ndarray  # (T,) float32
     terminated: bool = False  # the trial's last step ended the episode (the cart off its track, the pole fallen)
 
+    def mirrored(self) -> Trial:
+        """The trial seen in a mirror: every frame flipped left-right and every action negated. For a task
+        whose images, dynamics and rewards are symmetric under that reflection (the pendulum, the cart-pole:
+        tests/ddm/test_ddm.py checks it) this is a trial the env could have played."""
+        return self._replace(frames=np.ascontiguousarray(self.frames[..., ::-1]), actions=-self.actions)
+
 
 class HeldRandomActions:
     """Exploration for the first trials: a random action every `hold` steps, held in between; at +-bound

@@ -9,6 +9,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -1153,3 +1154,58 @@ def test_the_cartpole_recipes_latent_holds_the_pole_where_the_prediction_term_tr
         fitted = features @ np.linalg.lstsq(features, truth, rcond=None)[0]
         explained = 1 - ((fitted - truth) ** 2).mean() / truth.var()
         assert (explained > 0.8) == holds_the_pole, explained
+
+
+@pytest.mark.parametrize("env_id, kwargs, start", [
+    ("pixelpilot/Pendulum-v0", {}, {"angle": 2.5, "angular_velocity": 1.0}),
+    ("pixelpilot/CartPoleBalance-v0", {"image_size": 40, "reward": "upright"},
+     {"x": 0.3, "x_velocity": 0.2, "angle": 0.05, "angular_velocity": -0.1}),
+    ("pixelpilot/CartPoleSwingUp-v0", {"image_size": 40, "position_cost": 1.0, "action_repeat": 4},
+     {"x": -0.5, "x_velocity": 0.4, "angle": 2.8, "angular_velocity": 1.5}),
+])
+def test_a_mirrored_trial_is_the_one_the_env_plays_from_the_mirrored_start(env_id, kwargs, start):
+    """fit.mirror is sound for these tasks: the mirror image of a played trial (frames flipped, actions negated)
+    is, frame for frame and reward for reward, the trial the env plays from the mirrored state."""
+    actions = np.random.default_rng(0).uniform(-1, 1, (12, 1)).astype(np.float32) * 2.0
+
+    def play(options, pushes):
+        env = gym.make(env_id, **kwargs)
+        frames = [env.reset(seed=0, options=options)[0]]
+        rewards = []
+        for action in pushes:
+            frame, reward, *_ = env.step(np.clip(action, env.action_space.low, env.action_space.high))
+            frames.append(frame)
+            rewards.append(reward)
+        return Trial(np.stack(frames), pushes, np.array(rewards, np.float32))
+
+    played = play(start, actions)
+    mirror = play({key: -value for key, value in start.items()}, -actions).frames
+    assert not np.array_equal(played.frames, mirror)  # the task is not trivially symmetric: the mirror is another trial
+    mirrored = played.mirrored()
+    np.testing.assert_array_equal(mirrored.frames, mirror)
+    np.testing.assert_array_equal(mirrored.actions, -actions)
+    np.testing.assert_allclose(mirrored.rewards, play({key: -value for key, value in start.items()}, -actions).rewards,
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_mirror_fits_the_model_on_every_trial_and_its_mirror_image(tmp_path, monkeypatch, mirror):
+    config = tiny_config(tmp_path, f"agent.fit.mirror={str(mirror).lower()}", "agent.fit.fits=1")
+    agent = DDMAgent(config, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    agent.trials = [Trial(rng.integers(0, 255, (9, *agent.obs_shape), dtype=np.uint8),
+                          rng.uniform(-1, 1, (8, agent.action_dim)).astype(np.float32),
+                          rng.normal(size=8).astype(np.float32)) for _ in range(2)]
+    seen: list[TrialBuffer] = []
+    joint = type(config.agent.fit).joint
+    monkeypatch.setattr(type(config.agent.fit), "joint",
+                        lambda fit, model, optimizer, buffer, *a, **k: seen.append(buffer) or joint(
+                            fit, model, optimizer, buffer, *a, **k))
+    agent.fit()
+    frames, actions = seen[0].observations, seen[0].actions
+    assert len(frames) == (4 if mirror else 2)
+    for index, trial in enumerate(agent.trials):
+        assert torch.equal(frames[index], torch.from_numpy(trial.frames))
+        if mirror:
+            assert torch.equal(frames[2 + index], torch.from_numpy(trial.frames).flip(-1))
+            assert torch.equal(actions[2 + index], -torch.from_numpy(trial.actions))
