@@ -243,8 +243,7 @@ class DDMAgent:
         """
         agent = self.config.agent
         started = time.time()
-        trials = self.trials + [trial.mirrored() for trial in self.trials] if agent.fit.mirror else self.trials
-        buffer = TrialBuffer.of(trials, self.device)
+        buffer = TrialBuffer.of(self.data_trials(), self.device)
         first = len(self.trials) == agent.random_trials
         if first or agent.fit.refit_from_scratch:
             losses = self.fit_from_scratch(buffer, keep_current=first)
@@ -408,23 +407,30 @@ class DDMAgent:
         frames = [frames[0]] * (context - len(frames)) + frames
         return self.model.encode(torch.from_numpy(np.stack(frames)).to(self.device))
 
+    def data_trials(self) -> list[Trial]:
+        """The trials the fits and the policy search read: every trial, then (`fit.mirror`) their mirror images."""
+        if not self.config.agent.fit.mirror:
+            return self.trials
+        return self.trials + [trial.mirrored() for trial in self.trials]
+
     def latent_histories(self) -> torch.Tensor:
-        """The latent history at every frame of the data that has one: (N, context, latent_dim)."""
+        """The latent history at every frame of :meth:`data_trials` that has one: (N, context, latent_dim); the
+        real trials' rows first (window w of trial i is row offset[i] + w, as :meth:`imitate_planner` reads)."""
         context = self.model.context
         with torch.no_grad():
             starts = []
-            for trial in self.trials:
+            for trial in self.data_trials():
                 latents = self.model.encode(torch.from_numpy(trial.frames).to(self.device))
                 starts.append(latents.unfold(0, context, 1).transpose(1, 2))
         return torch.cat(starts)
 
     def first_histories(self) -> torch.Tensor:
-        """Each trial's first latent history (its reset frame and the frames after it): (trials, context,
-        latent_dim)."""
+        """Each of :meth:`data_trials`' first latent history (its reset frame and the frames after it): (trials,
+        context, latent_dim)."""
         context = self.model.context
         with torch.no_grad():
             return torch.stack([self.model.encode(torch.from_numpy(trial.frames[:context]).to(self.device))
-                                for trial in self.trials])
+                                for trial in self.data_trials()])
 
     # recording -------------------------------------------------------------------------------------------
     def record(self, run: Run, trial: Trial, success: bool, controlled: bool, losses: dict[str, float],

@@ -94,7 +94,8 @@ class Fit:
     # to a point before the auto-encoder spreads them (seen: seed 4 never recovered); 0 = off
     focus: float = 0.0  # fraction of windows drawn preferring high reward (TrialBuffer.sample)
     mirror: bool = False  # fit on every trial and its mirror image (Trial.mirrored: frames flipped left-right,
-    # actions negated), twice the data for a task symmetric under that reflection; wrong for one that is not
+    # actions negated; the policy search starts from both too), twice the data for a task symmetric under that
+    # reflection (the pendulum, the cart-pole); wrong for one that is not
     dynamics_updates: int = 1000  # then updates of the transition and reward head alone, on frozen latents
     dynamics_batch: int = 64  # windows per dynamics-only update
 

@@ -1209,3 +1209,13 @@ def test_mirror_fits_the_model_on_every_trial_and_its_mirror_image(tmp_path, mon
         if mirror:
             assert torch.equal(frames[2 + index], torch.from_numpy(trial.frames).flip(-1))
             assert torch.equal(actions[2 + index], -torch.from_numpy(trial.actions))
+    # the policy search starts from the mirrored histories too, after the real ones (whose rows keep their places)
+    histories, windows = agent.latent_histories(), 9 - agent.model.context + 1
+    assert len(histories) == (4 if mirror else 2) * windows
+    with torch.no_grad():
+        first = agent.model.encode(torch.from_numpy(agent.trials[0].frames[:agent.model.context]))
+        flipped = agent.model.encode(torch.from_numpy(agent.trials[0].frames[:agent.model.context]).flip(-1))
+    torch.testing.assert_close(histories[0], first)
+    if mirror:
+        torch.testing.assert_close(histories[2 * windows], flipped)
+        torch.testing.assert_close(agent.first_histories()[2], flipped)
