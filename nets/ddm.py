@@ -48,9 +48,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from nets.conv import ConvDecoder, ConvEncoder, to_float
+from nets.fovea import FoveaDecoder, FoveaEncoder
 from nets.mlp import MLP, Activation, EnsembleMLP, MLPDecoder, MLPEncoder
 
-Encoder = Literal["mlp", "conv"]
+Encoder = Literal["mlp", "conv", "fovea"]
 
 
 class DDMLoss(NamedTuple):
@@ -80,9 +81,12 @@ class DeepDynamicalModel(nn.Module):
             entering the transition).
         latent_dim: size of the latent state of one frame.
         context: latents the transition reads (2: position and, by difference, velocity).
-        encoder: "mlp" (fully connected, as in the paper; fast on a CPU) or "conv".
+        encoder: "mlp" (fully connected, as in the paper; fast on a CPU), "conv", or "fovea" (an MLP on a window
+            that follows the image's one moving object, whose place is the last latent: nets/fovea.py; for an
+            object that crosses the image, such as a cart on its track).
         encoder_hidden: hidden sizes of the MLP encoder (the decoder mirrors them), or the channels of
             the conv encoder (the decoder mirrors them).
+        fovea_width: columns of the fovea encoder's window.
         transition_hidden: hidden sizes of the transition MLP.
         reward_hidden: hidden sizes of the reward MLP.
         stochastic: Gaussian transition (the probabilistic variant) instead of a deterministic one.
@@ -114,6 +118,7 @@ class DeepDynamicalModel(nn.Module):
         context: int = 2,
         encoder: Encoder = "mlp",
         encoder_hidden: Sequence[int] = (256, 64),
+        fovea_width: int = 24,
         transition_hidden: Sequence[int] = (128, 128),
         reward_hidden: Sequence[int] = (64, 64),
         stochastic: bool = False,
@@ -153,6 +158,10 @@ class DeepDynamicalModel(nn.Module):
             self.encoder = MLPEncoder(self.obs_shape, latent_dim, hidden=encoder_hidden, activation=activation)
             self.decoder = MLPDecoder(self.obs_shape, latent_dim, hidden=tuple(reversed(encoder_hidden)),
                                       activation=activation)
+        elif encoder == "fovea":
+            self.encoder = FoveaEncoder(self.obs_shape, latent_dim, fovea_width, encoder_hidden, activation)
+            self.decoder = FoveaDecoder(self.obs_shape, latent_dim, fovea_width, tuple(reversed(encoder_hidden)),
+                                        activation)
         else:
             self.encoder = ConvEncoder(self.obs_shape, channels=encoder_hidden, latent_dim=latent_dim,
                                        activation=activation)

@@ -79,7 +79,10 @@ ERROR_STEPS = (1, 5, 10)  # model prediction errors logged per trial, in steps a
 
 
 def _check_model(model: ModelConfig) -> None:
-    at_least(model, 1, "latent_dim", "context", "ensemble")
+    at_least(model, 1, "latent_dim", "context", "ensemble", "fovea_width")
+    if model.encoder == "fovea" and model.latent_dim < 2:
+        raise ConfigError(f"latent_dim: the fovea encoder needs at least 2 (the window's and its place), got "
+                          f"{model.latent_dim}")
     if model.inertia and model.context < 2:
         raise ConfigError(f"inertia: needs model.context >= 2 (a velocity), got context {model.context}")
     if model.min_std <= 0:

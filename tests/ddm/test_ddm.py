@@ -39,7 +39,7 @@ def tiny_config(tmp_path, *overrides: str):
 
 
 @pytest.mark.parametrize("stochastic", [False, True])
-@pytest.mark.parametrize("encoder, hidden", [("mlp", (32,)), ("conv", (8, 16))])
+@pytest.mark.parametrize("encoder, hidden", [("mlp", (32,)), ("conv", (8, 16)), ("fovea", (32,))])
 def test_model_shapes(encoder, hidden, stochastic):
     model = DeepDynamicalModel(OBS_SHAPE, 1, 2.0, latent_dim=3, context=2, encoder=encoder, encoder_hidden=hidden,
                                stochastic=stochastic)
@@ -67,7 +67,7 @@ def test_model_shapes(encoder, hidden, stochastic):
     assert torch.all(predictions[2, :4] == 0) and torch.all(predictions[2, 4:] > 0)
 
 
-@pytest.mark.parametrize("encoder, hidden", [("mlp", (32,)), ("conv", (8, 16))])
+@pytest.mark.parametrize("encoder, hidden", [("mlp", (32,)), ("conv", (8, 16)), ("fovea", (32,))])
 def test_activation_reaches_every_network_of_the_model(encoder, hidden):
     model = DeepDynamicalModel(OBS_SHAPE, 1, 2.0, latent_dim=3, encoder=encoder, encoder_hidden=hidden,
                                activation="silu")
