@@ -187,6 +187,9 @@ class DDMAgent:
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
         self.action_dim = space.shape[0]
+        if agent.model.encoder == "fovea" and agent.model.fovea_width > self.obs_shape[-1]:
+            raise ConfigError(f"agent.model.fovea_width: the window must fit in the image ({self.obs_shape[-1]} "
+                              f"columns), got {agent.model.fovea_width}")
         self.new_model()
         self.trials: list[Trial] = []
         self.successes: list[bool] = []

@@ -1219,3 +1219,12 @@ def test_mirror_fits_the_model_on_every_trial_and_its_mirror_image(tmp_path, mon
     if mirror:
         torch.testing.assert_close(histories[2 * windows], flipped)
         torch.testing.assert_close(agent.first_histories()[2], flipped)
+
+
+def test_the_fovea_encoder_needs_a_latent_for_the_window_and_one_for_its_place(tmp_path):
+    with pytest.raises(ConfigError, match="latent_dim.*fovea"):
+        tiny_config(tmp_path, "agent.model.encoder=fovea", "agent.model.latent_dim=1")
+    with pytest.raises(ConfigError, match="fovea_width"):
+        tiny_config(tmp_path, "agent.model.encoder=fovea", "agent.model.fovea_width=0")
+    with pytest.raises(ConfigError, match="fovea_width.*40 columns"):  # the tiny preset's images are 40 wide
+        DDMAgent(tiny_config(tmp_path, "agent.model.encoder=fovea", "agent.model.fovea_width=41"), torch.device("cpu"))
