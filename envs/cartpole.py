@@ -38,7 +38,7 @@ ANGLE_THRESHOLD = 12 * 2 * np.pi / 360
 X_THRESHOLD = 2.4
 
 TASKS = ("balance", "swingup")
-REWARDS = ("task", "tip", "upright")
+REWARDS = ("task", "tip", "upright", "dmc")
 # Swing-up reward: pole height in [0, 1] minus this times (x / X_THRESHOLD)^2 (the ``position_cost`` argument).
 CART_POSITION_COST = 0.1
 # The "tip" reward (PILCO's saturating cost, Deisenroth & Rasmussen 2011): exp(-d^2 / (2 TIP_WIDTH^2)), d the
@@ -50,6 +50,11 @@ TIP_WIDTH = 0.25
 # as a cart 1 m off centre.
 UPRIGHT_ANGLE_WIDTH = 0.1  # rad, about 6 degrees
 UPRIGHT_X_WIDTH = 1.0  # m
+# The "dmc" reward, DeepMind Control's cart-pole swing-up reward less its control factor (Tassa et al. 2018):
+# (1 + cos) / 2 * (1 + centred) / 2 * (1 + slow) / 2, centred and slow Gaussians of x and the angular velocity
+# that fall to 0.1 at these margins; a pole spun through the top scores about half of one held there.
+DMC_X_MARGIN = 2.0  # m
+DMC_VELOCITY_MARGIN = 5.0  # rad/s
 
 # Drawing: the image shows the track +-VIEW_HALF_WIDTH metres wide, the cart's centre on the
 # track at mid-height, so the pole fits above (balance) and below (swing-up).
@@ -191,6 +196,10 @@ class CartPoleTask(Task):
         elif self.reward == "upright":
             reward = xp.exp(-angle_normalize(angle) ** 2 / (2 * UPRIGHT_ANGLE_WIDTH**2)
                             - x**2 / (2 * UPRIGHT_X_WIDTH**2))
+        elif self.reward == "dmc":
+            centred = 0.1 ** ((x / DMC_X_MARGIN) ** 2)  # DMC's Gaussian tolerance: 0.1 at the margin
+            slow = 0.1 ** ((angular_velocity / DMC_VELOCITY_MARGIN) ** 2)
+            reward = 0.5 * (1 + xp.cos(angle)) * 0.5 * (1 + centred) * 0.5 * (1 + slow)
         reward = reward.astype(np.float32) if xp is np else reward.float()
         return xp.stack([x, x_velocity, angle, angular_velocity], 1), reward, terminated
 
@@ -238,6 +247,10 @@ _DOC_SECTIONS = """
     only when the episode ends. ``reward="upright"``: ``exp(-angle^2 / (2 * 0.1^2) - x^2 / 2)``
     (angle in rad, wrapped; x in m), in (0, 1]: near upright the tip's distance hardly changes with
     the angle (a 12-degree lean lowers the tip by 2 cm), this one falls to 0.14 at 12 degrees.
+    ``reward="dmc"``: DeepMind Control's swing-up reward less its control factor, ``(1 + cos) / 2 *
+    (1 + c(x)) / 2 * (1 + c(w)) / 2``, ``c`` Gaussians falling to 0.1 at 2 m and at 5 rad/s of the
+    pole's angular velocity ``w``, in [0, 1]: a pole spun through the top scores about half of one
+    held there, where the height reward pays a spin as well as a hold over a swing.
 
     ## Starting State
     Each of x, x velocity, angle and angular velocity ``U(-0.05, 0.05)`` (``start_noise``), plus

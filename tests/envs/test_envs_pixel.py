@@ -407,6 +407,29 @@ def test_cartpole_upright_reward_sees_the_lean_the_tip_reward_hardly_sees(one_to
     np.testing.assert_allclose(np.asarray(torch_rewards), numpy_rewards, rtol=1e-5, atol=1e-30)
 
 
+def test_cartpole_dmc_reward_pays_a_held_pole_twice_a_spun_one(one_torch_thread):
+    import torch
+
+    env = PixelCartPoleEnv(task="swingup", reward="dmc")
+
+    def reward(x=0.0, angle=0.0, spin=0.0):
+        env.reset(seed=0, options={"x": x, "angle": angle, "x_velocity": 0.0, "angular_velocity": spin})
+        return env.step(np.zeros(1, np.float32))[1]
+
+    assert reward() > 0.99 and reward(angle=np.pi) < 0.01
+    assert reward(spin=12.0) == pytest.approx(0.5, abs=0.03)  # through the top at 12 rad/s: about half
+    assert reward(x=2.0) == pytest.approx(0.55, abs=0.02)  # DMC's centred factor: (1 + 0.1) / 2 at 2 m
+    assert reward(spin=5.0) == pytest.approx(0.55, abs=0.05)
+    numpy_core = PixelCartPoleVectorEnv(num_envs=3, task="swingup", reward="dmc")
+    torch_core = PixelCartPoleVectorEnv(num_envs=3, task="swingup", reward="dmc", backend="torch", device="cpu")
+    for vector in (numpy_core, torch_core):
+        vector.reset(seed=3)
+    actions = np.array([[1.0], [-0.5], [0.0]], np.float32)
+    _, numpy_rewards, *_ = numpy_core.step(actions)
+    _, torch_rewards, *_ = torch_core.step(torch.from_numpy(actions))
+    np.testing.assert_allclose(np.asarray(torch_rewards), numpy_rewards, rtol=1e-5, atol=1e-30)
+
+
 def test_cartpole_position_cost_weighs_the_carts_distance_in_the_swingup_reward(one_torch_thread):
     import torch
 
