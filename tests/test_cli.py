@@ -123,7 +123,7 @@ def test_eval_prints_mean_and_spread_of_the_latest_checkpoint(tmp_path, capsys):
         (["train", "random_pendulum", "env.kwargs.colour=1"], "env.kwargs:"),
         (["train", "ddm_pendulum", "agent.model.alive_bonus=1"], "agent.model.alive_bonus: 1.0 needs a continue head"),
         (["train", "ddm_cartpole_balance", "env.kwargs.reward=height"],
-         "env.kwargs: reward must be one of ('task', 'tip', 'upright'), got 'height'"),
+         "env.kwargs: reward must be one of ('task', 'tip', 'upright', 'dmc'), got 'height'"),
         (["eval", "not_a_run"], "not_a_run: no such run directory"),
         (["train", "--resume", "."], "not a run directory (no config.yaml)"),
         (["bench", "ddm", "agent.planing_horizon=5"], "agent.planing_horizon: unknown key"),
