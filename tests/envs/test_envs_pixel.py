@@ -380,9 +380,21 @@ def test_cartpole_tip_reward_is_one_upright_at_the_centre_and_falls_with_the_tip
     assert (numpy_rewards > 0).all() and (numpy_rewards <= 1).all()
 
 
-def test_cartpole_upright_reward_sees_the_lean_the_tip_reward_hardly_sees(one_torch_thread):
+def assert_torch_reward_is_numpys(reward: str) -> None:
+    """The swing-up's `reward` on the torch backend equals numpy's, for three pushes from one start."""
     import torch
 
+    numpy_core = PixelCartPoleVectorEnv(num_envs=3, task="swingup", reward=reward)
+    torch_core = PixelCartPoleVectorEnv(num_envs=3, task="swingup", reward=reward, backend="torch", device="cpu")
+    for vector in (numpy_core, torch_core):
+        vector.reset(seed=3)
+    actions = np.array([[1.0], [-0.5], [0.0]], np.float32)
+    _, numpy_rewards, *_ = numpy_core.step(actions)
+    _, torch_rewards, *_ = torch_core.step(torch.from_numpy(actions))
+    np.testing.assert_allclose(np.asarray(torch_rewards), numpy_rewards, rtol=1e-5, atol=1e-30)
+
+
+def test_cartpole_upright_reward_sees_the_lean_the_tip_reward_hardly_sees(one_torch_thread):
     rewards = {}
     for reward in ("tip", "upright"):
         env = PixelCartPoleEnv(task="balance", reward=reward)
@@ -397,19 +409,10 @@ def test_cartpole_upright_reward_sees_the_lean_the_tip_reward_hardly_sees(one_to
     assert rewards["upright", -0.2, 0.2] < rewards["upright", 0.0, 0.2] < 0.2
     assert rewards["upright", 0.0, 0.0] > 0.99 and rewards["upright", 1.0, 0.0] == pytest.approx(np.exp(-0.5), rel=1e-2)
     assert rewards["upright", 0.0, 2 * np.pi + 0.1] == pytest.approx(rewards["upright", 0.0, 0.2] ** 0.25, rel=0.2)
-    numpy_core = PixelCartPoleVectorEnv(num_envs=3, task="swingup", reward="upright")
-    torch_core = PixelCartPoleVectorEnv(num_envs=3, task="swingup", reward="upright", backend="torch", device="cpu")
-    for vector in (numpy_core, torch_core):
-        vector.reset(seed=3)
-    actions = np.array([[1.0], [-0.5], [0.0]], np.float32)
-    _, numpy_rewards, *_ = numpy_core.step(actions)
-    _, torch_rewards, *_ = torch_core.step(torch.from_numpy(actions))
-    np.testing.assert_allclose(np.asarray(torch_rewards), numpy_rewards, rtol=1e-5, atol=1e-30)
+    assert_torch_reward_is_numpys("upright")
 
 
 def test_cartpole_dmc_reward_pays_a_held_pole_twice_a_spun_one(one_torch_thread):
-    import torch
-
     env = PixelCartPoleEnv(task="swingup", reward="dmc")
 
     def reward(x=0.0, angle=0.0, spin=0.0):
@@ -420,14 +423,7 @@ def test_cartpole_dmc_reward_pays_a_held_pole_twice_a_spun_one(one_torch_thread)
     assert reward(spin=12.0) == pytest.approx(0.5, abs=0.03)  # through the top at 12 rad/s: about half
     assert reward(x=2.0) == pytest.approx(0.55, abs=0.02)  # DMC's centred factor: (1 + 0.1) / 2 at 2 m
     assert reward(spin=5.0) == pytest.approx(0.55, abs=0.05)
-    numpy_core = PixelCartPoleVectorEnv(num_envs=3, task="swingup", reward="dmc")
-    torch_core = PixelCartPoleVectorEnv(num_envs=3, task="swingup", reward="dmc", backend="torch", device="cpu")
-    for vector in (numpy_core, torch_core):
-        vector.reset(seed=3)
-    actions = np.array([[1.0], [-0.5], [0.0]], np.float32)
-    _, numpy_rewards, *_ = numpy_core.step(actions)
-    _, torch_rewards, *_ = torch_core.step(torch.from_numpy(actions))
-    np.testing.assert_allclose(np.asarray(torch_rewards), numpy_rewards, rtol=1e-5, atol=1e-30)
+    assert_torch_reward_is_numpys("dmc")
 
 
 def test_cartpole_position_cost_weighs_the_carts_distance_in_the_swingup_reward(one_torch_thread):
