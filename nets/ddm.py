@@ -100,6 +100,9 @@ class DeepDynamicalModel(nn.Module):
         ensemble: transition networks (members); above 1, an ensemble (module docstring).
         continue_hidden: hidden sizes of the continue head (module docstring); None: no head, episodes are
             taken never to end.
+        reward_velocity: the reward head also reads each latent's change from the one before it (by difference, a
+            velocity: what a reward that pays a slow pole more than a spun one depends on, such as the cart-pole's
+            "dmc" reward; one latent holds a place only). Needs a context of at least 2.
         alive_bonus: with a continue head, added to every imagined step's reward while the rollout has not
             ended, so a plan that ends early loses it for each step it no longer plays. For rewards that do not
             say that ending is bad: a swing-up's height reward pays a cart that leaves the track at speed more,
@@ -129,6 +132,7 @@ class DeepDynamicalModel(nn.Module):
         ensemble: int = 1,
         continue_hidden: Sequence[int] | None = None,
         alive_bonus: float = 0.0,
+        reward_velocity: bool = False,
     ) -> None:
         super().__init__()
         if encoder not in get_args(Encoder):
@@ -150,6 +154,9 @@ class DeepDynamicalModel(nn.Module):
         if inertia and context < 2:
             raise ValueError("DeepDynamicalModel: inertia needs a context of at least 2 latents")
         self.inertia = inertia
+        if reward_velocity and context < 2:
+            raise ValueError("DeepDynamicalModel: reward_velocity needs a context of at least 2 latents")
+        self.reward_velocity = reward_velocity
         self.latent_grad = latent_grad
         self.ensemble = ensemble
         bound = torch.as_tensor(action_bound, dtype=torch.float32).expand(action_dim).clone()
@@ -173,7 +180,7 @@ class DeepDynamicalModel(nn.Module):
                                               activation)
         else:
             self.transition_net = MLP(context * latent_dim + action_dim, out_dim, transition_hidden, activation)
-        self.reward_net = MLP(latent_dim, 1, reward_hidden, activation)
+        self.reward_net = MLP(2 * latent_dim if reward_velocity else latent_dim, 1, reward_hidden, activation)
         self.continue_net = MLP(latent_dim, 1, continue_hidden, activation) if continue_hidden is not None else None
 
     # the four maps ------------------------------------------------------------------------------------
@@ -219,9 +226,18 @@ class DeepDynamicalModel(nn.Module):
         """The mean over an ensemble's members (the first dimension): `(K, ...) -> (...)`; unchanged for one."""
         return values.mean(0) if self.ensemble > 1 else values
 
-    def reward(self, latents: torch.Tensor) -> torch.Tensor:
-        """`(..., latent_dim)` -> `(...)` predicted rewards."""
+    def reward(self, latents: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """`(..., latent_dim)` -> `(...)` predicted rewards; `previous (..., latent_dim)`, the latent before each,
+        is read (and needed) with `reward_velocity` only."""
+        if self.reward_velocity:
+            if previous is None:
+                raise ValueError("DeepDynamicalModel.reward: reward_velocity needs the latents before (previous=)")
+            latents = torch.cat([latents, latents - previous], -1)
         return self.reward_net(latents).squeeze(-1)
+
+    def history_reward(self, history: torch.Tensor) -> torch.Tensor:
+        """The predicted reward of each history's last latent: `(..., context, latent_dim)` -> `(...)`."""
+        return self.reward(history[..., -1, :], history[..., -2, :] if self.reward_velocity else None)
 
     def continues(self, latents: torch.Tensor) -> torch.Tensor:
         """`(..., latent_dim)` -> `(...)` the probability that each latent is not a terminal state (1 without a
@@ -230,12 +246,18 @@ class DeepDynamicalModel(nn.Module):
             return torch.ones(latents.shape[:-1], device=latents.device)
         return torch.sigmoid(self.continue_net(latents).squeeze(-1))
 
-    def imagined_return(self, latents: torch.Tensor) -> torch.Tensor:
+    def imagined_return(self, latents: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
         """The return of an imagined rollout: `(..., horizon, latent_dim)` latents after each action -> `(...)`,
         the summed predicted rewards (plus `alive_bonus` each), each weighted by the probability that the rollout
         has not ended by then (the product of the continue head's probabilities up to that latent); the plain sum
-        without a head."""
-        rewards = self.reward(latents)
+        without a head. `before (..., latent_dim)`: the latent the rollout started from (its history's last),
+        needed with `reward_velocity` only."""
+        previous = None
+        if self.reward_velocity:
+            if before is None:
+                raise ValueError("DeepDynamicalModel.imagined_return: reward_velocity needs the start (before=)")
+            previous = _after(before, latents)[..., :-1, :]
+        rewards = self.reward(latents, previous)
         if self.continue_net is None:
             return rewards.sum(-1)
         if self.alive_bonus:  # (an add on every plan's rollouts only when asked)
@@ -346,10 +368,16 @@ class DeepDynamicalModel(nn.Module):
             latent_error = (((predicted - target) / scale) ** 2).sum(-1)
 
         # Rewards from the encoded latents of every frame and from the predicted ones (what a planner uses).
-        reward_latents = torch.cat([self.with_members(latents[:, :-1]), predicted[..., :-1, :]], dim=-2)
+        encoded = self.with_members(latents[:, :-1])
+        reward_latents = torch.cat([encoded, predicted[..., :-1, :]], dim=-2)
         reward_targets = torch.cat([rewards, rewards[:, self.context :]], dim=1)
         mask = torch.cat([reward_mask, reward_mask[:, self.context :]], dim=1)
-        reward_error = (((self.reward(reward_latents) - reward_targets) ** 2 * mask).sum()
+        previous = None
+        if self.reward_velocity:  # the first frame has no latent before it: its reward is left out
+            previous = torch.cat([_after(encoded[..., 0, :], encoded)[..., :-1, :],
+                                  _after(self.with_members(latents[:, self.context - 1]), predicted)[..., :-2, :]], -2)
+            mask[:, 0] = 0
+        reward_error = (((self.reward(reward_latents, previous) - reward_targets) ** 2 * mask).sum()
                         / (mask.sum() * self.ensemble).clamp(min=1))
         if self.continue_net is not None:  # the latent after each step: terminal where that step ended the episode
             if continues is None:
@@ -395,6 +423,11 @@ class DeepDynamicalModel(nn.Module):
     def reconstruct(self, observations: torch.Tensor) -> torch.Tensor:
         """`(..., C, H, W)` uint8 -> `(..., C, H, W)` reconstruction probabilities in [0, 1]."""
         return torch.sigmoid(self.decode(self.encode(observations)))
+
+
+def _after(first: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """`first (..., latent_dim)` put before `latents (..., T, latent_dim)` -> `(..., T + 1, latent_dim)`."""
+    return torch.cat([first.unsqueeze(-2), latents], -2)
 
 
 def _bernoulli_nll(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

@@ -85,6 +85,8 @@ def _check_model(model: ModelConfig) -> None:
                           f"{model.latent_dim}")
     if model.inertia and model.context < 2:
         raise ConfigError(f"inertia: needs model.context >= 2 (a velocity), got context {model.context}")
+    if model.reward_velocity and model.context < 2:
+        raise ConfigError(f"reward_velocity: needs model.context >= 2 (a velocity), got context {model.context}")
     if model.min_std <= 0:
         raise ConfigError(f"min_std: must be > 0, got {model.min_std}")
     if model.alive_bonus and model.continue_hidden is None:

@@ -60,10 +60,11 @@ class CEM:
             actions[:, 0] = torch.maximum(torch.minimum(mean, bound), -bound)  # the mean itself competes
             repeated = actions.unsqueeze(1).expand(count, particles, *actions.shape[1:])
             rollouts = model.imagine(histories, repeated.reshape(-1, horizon, action_dim), sample=True)
+            returns = model.imagined_return(rollouts, histories[..., -1, :])
             if members == 1:
-                returns = model.imagined_return(rollouts).view(count, particles, self.candidates).mean(1)
+                returns = returns.view(count, particles, self.candidates).mean(1)
             else:  # (members, count, candidates): each member's mean over its particles
-                returns = model.imagined_return(rollouts).view(members, count, particles, self.candidates).mean(2)
+                returns = returns.view(members, count, particles, self.candidates).mean(2)
                 returns = returns.mean(0) - self.risk * returns.std(0)
             best = actions[rows, returns.topk(self.elites, dim=1).indices]  # (B, elites, horizon, action_dim)
             mean, std = best.mean(1), best.std(1) + 1e-3 * bound
@@ -96,11 +97,12 @@ class GradientShooting:
         histories = model.with_members(history.expand(self.candidates, *history.shape))
         for _ in range(self.iterations):
             rollouts = model.imagine(histories, bound * torch.tanh(parameters))
-            returns = model.members_mean(model.imagined_return(rollouts))
+            returns = model.members_mean(model.imagined_return(rollouts, histories[..., -1, :]))
             optimizer.zero_grad()
             (-returns.sum()).backward()
             optimizer.step()
         with torch.no_grad():
             actions = bound * torch.tanh(parameters)
-            returns = model.members_mean(model.imagined_return(model.imagine(histories, actions)))
+            rollouts = model.imagine(histories, actions)
+            returns = model.members_mean(model.imagined_return(rollouts, histories[..., -1, :]))
             return actions[returns.argmax()]

@@ -59,10 +59,11 @@ def imagined_return(model: DeepDynamicalModel, policy: Policy, histories: torch.
     Shapes: `histories (batch, context, latent_dim)` -> `(batch,)` (an ensemble's: the members' mean).
     """
     histories, latents = model.with_members(histories), []
+    before = histories[..., -1, :]
     for _ in range(horizon):
         histories = model.step(histories, policy(histories), sample=True)
         latents.append(histories[..., -1, :])
-    return model.members_mean(model.imagined_return(torch.stack(latents, -2)))
+    return model.members_mean(model.imagined_return(torch.stack(latents, -2), before))
 
 
 @contextmanager
@@ -197,7 +198,7 @@ class PolicySearch:
         focused = round(self.focus * self.batch)
         if focused:
             with torch.no_grad():
-                rewards = model.reward(starts[:, -1, :])
+                rewards = model.history_reward(starts)
             top = starts[rewards >= rewards.quantile(1.0 - self.focus_top)]
         with frozen(model):
             for _ in range(self.updates):
@@ -228,7 +229,7 @@ class PolicySearch:
         for _ in range(self.horizon):
             histories.append(model.step(histories[-1], policy(histories[-1]), sample=True))
             latent = histories[-1][..., -1, :]
-            reward = model.reward(latent)
+            reward = model.history_reward(histories[-1])
             if model.continue_net is not None:  # rewards (and the alive bonus) count while the rollout has not ended
                 alive = alive * model.continues(latent)
                 if model.alive_bonus:

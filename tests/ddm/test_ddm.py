@@ -178,7 +178,7 @@ class LinearModel(nn.Module):
     def with_members(self, history: torch.Tensor) -> torch.Tensor:
         return history
 
-    def imagined_return(self, latents: torch.Tensor) -> torch.Tensor:
+    def imagined_return(self, latents: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
         return self.reward(latents).sum(-1)
 
     def members_mean(self, values: torch.Tensor) -> torch.Tensor:
@@ -192,6 +192,9 @@ class LinearModel(nn.Module):
 
     def reward(self, latents: torch.Tensor) -> torch.Tensor:
         return -((latents[..., 0] - 1.5) ** 2)
+
+    def history_reward(self, history: torch.Tensor) -> torch.Tensor:
+        return self.reward(history[..., -1, :])
 
 
 def test_cem_finds_the_best_action_sequence_of_a_known_system():
@@ -306,7 +309,7 @@ class CartPolePhysics(LinearModel):
             latents.append(torch.cat([state, reward[..., None].to(state), running[..., None]], -1))
         return torch.stack(latents, -2)
 
-    def imagined_return(self, latents: torch.Tensor) -> torch.Tensor:
+    def imagined_return(self, latents: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
         return (latents[..., 4] * latents[..., 5]).sum(-1)
 
 
@@ -1228,3 +1231,46 @@ def test_the_fovea_encoder_needs_a_latent_for_the_window_and_one_for_its_place(t
         tiny_config(tmp_path, "agent.model.encoder=fovea", "agent.model.fovea_width=0")
     with pytest.raises(ConfigError, match="fovea_width.*40 columns"):  # the tiny preset's images are 40 wide
         DDMAgent(tiny_config(tmp_path, "agent.model.encoder=fovea", "agent.model.fovea_width=41"), torch.device("cpu"))
+
+
+def test_a_reward_head_that_reads_the_velocity_learns_a_reward_that_pays_slowness():
+    """z' = z + a, paid -(z' - z)^2: one latent cannot tell a slow state from a fast one at the same place, the
+    latent and its change can. The first frame of a window has no latent before it; its reward is left out."""
+    errors = {}
+    for velocity in (False, True):
+        torch.manual_seed(0)
+        model = DeepDynamicalModel(OBS_SHAPE, 1, 1.0, latent_dim=1, context=2, encoder_hidden=(8,),
+                                   transition_hidden=(16,), reward_hidden=(32, 32), reward_velocity=velocity)
+        optimizer = torch.optim.Adam([*model.transition_net.parameters(), *model.reward_net.parameters()], lr=1e-2)
+        for _ in range(400):
+            actions = torch.rand(256, 3, 1) * 2 - 1
+            latents = torch.cat([torch.rand(256, 1, 1) * 4 - 2, actions], 1).cumsum(1)  # (256, 4, 1)
+            steps = latents[:, 1:, 0] - latents[:, :-1, 0]  # the step into frames 1..3
+            rewards = torch.cat([torch.full((256, 1), 1e3), -steps[:, :-1] ** 2], 1)  # frame t's reward: its speed
+            if not velocity:
+                rewards[:, 0] = 0.0
+            _, latent_error, reward_error = model.latent_losses(latents, actions, rewards)
+            optimizer.zero_grad()
+            (latent_error + reward_error).backward()
+            optimizer.step()
+        errors[velocity] = reward_error.item()
+    assert errors[True] < 0.01 < 0.05 < errors[False], errors  # the speed's variance is ~0.09
+    with pytest.raises(ValueError, match="reward_velocity needs a context of at least 2"):
+        DeepDynamicalModel(OBS_SHAPE, 1, 1.0, latent_dim=1, context=1, encoder_hidden=(8,), reward_velocity=True)
+
+
+def test_an_imagined_return_reads_each_latents_change_from_the_start_of_the_rollout():
+    model = DeepDynamicalModel(OBS_SHAPE, 1, 1.0, latent_dim=1, context=2, encoder_hidden=(8,), reward_velocity=True)
+    model.reward_net = nn.Sequential(nn.Identity())
+    model.reward_net.forward = lambda inputs: -inputs[..., 1:].abs()  # pays stillness: minus |z - z_before|
+    rollouts = torch.tensor([[[1.0], [1.0], [3.0]]])
+    torch.testing.assert_close(model.imagined_return(rollouts, torch.tensor([[0.0]])), torch.tensor([-3.0]))
+    torch.testing.assert_close(model.imagined_return(rollouts, torch.tensor([[1.0]])), torch.tensor([-2.0]))
+    torch.testing.assert_close(model.history_reward(torch.tensor([[[0.5], [1.0]]])), torch.tensor([-0.5]))
+    with pytest.raises(ValueError, match="before="):
+        model.imagined_return(rollouts)
+
+
+def test_a_velocity_reward_head_needs_a_history_of_two(tmp_path):
+    with pytest.raises(ConfigError, match="reward_velocity.*context"):
+        tiny_config(tmp_path, "agent.model.reward_velocity=true", "agent.model.context=1", "agent.model.inertia=false")
