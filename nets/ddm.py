@@ -5,7 +5,7 @@ After Wahlstroem, Schoen and Deisenroth, "From Pixels to Torques" (2015) and Ass
     encode:     image x_t                                  -> latent z_t              (..., latent_dim)
     transition: last `context` latents z_{t-c+1..t}, a_t   -> z_{t+1}                 (residual MLP)
     decode:     z_t                                        -> logits of x_t           (..., C, H, W)
-    reward:     z_t                                        -> r_t                     (the env's reward)
+    reward:     z_t (and z_t - z_{t-1}: reward_velocity)   -> r_t                     (the env's reward)
     continue:   z_t                                        -> P(z_t is not terminal)  (optional, continue_hidden)
 
 A single frame shows where the pole is, not how fast it turns, so the transition reads the last two (or
